@@ -1,0 +1,1 @@
+"""resilient: resilience middleware for Python services."""
