@@ -1,0 +1,91 @@
+"""Fixtures shared by the whole suite, all built on `resilient.testing`.
+
+Servers are real processes on free loopback ports. The function-scoped ones are
+the test's to kill and restart; the ``*_session`` ones are shared, so a test
+that uses them must leave them running. An autouse guard fails any test that
+leaves a child process of ours behind (and ends those processes, by PID).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import psutil
+import pytest
+
+from resilient.testing.servers import EtcdServer, RedisServer
+
+if TYPE_CHECKING:
+    from resilient.testing.upstream import Upstream
+
+_MARKERS = {
+    "redis": ("redis_server", "redis_server_session"),
+    "etcd": ("etcd_server", "etcd_server_session"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a server fixture, so `-m "not etcd"` works."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in _MARKERS.items():
+            if used.intersection(fixtures):
+                item.add_marker(marker)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server for this test alone (kill and restart at will)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server_session() -> Iterator[RedisServer]:
+    """One redis-server for the session; tests must not stop it (FLUSHALL is fine)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    """A fresh single-member etcd for this test alone (kill and restart at will)."""
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def etcd_server_session() -> Iterator[EtcdServer]:
+    """One etcd for the session; use a key prefix of your own, never stop it."""
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    """An in-process steerable HTTP upstream, seeded for reproducible shares."""
+    from resilient.testing.upstream import Upstream
+
+    async with Upstream(rng=random.Random(1234)) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes() -> Iterator[None]:
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    yield
+    leaked = []
+    for child in me.children(recursive=True):
+        if child.pid in before:
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            leaked.append(f"{child.pid} {child.name()}")
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
+    assert not leaked, f"test left child processes running (now killed): {leaked}"
