@@ -39,7 +39,7 @@ Clock = Callable[[], float]
 _scope: ContextVar[deadline | None] = ContextVar("resilient.deadline", default=None)
 
 
-class deadline:  # noqa: N801 (a context manager named as the verb it reads as)
+class deadline:
     """A deadline scope: ``with deadline(0.2):`` or ``async with deadline(0.2):``.
 
     Args:
@@ -129,9 +129,9 @@ class deadline:  # noqa: N801 (a context manager named as the verb it reads as)
                 try:
                     await self._timeout.__aexit__(exc_type, exc, tb)
                 except TimeoutError as timed_out:
-                    raise DeadlineExceeded(
-                        f"deadline of {self._seconds:g}s exceeded"
-                    ) from (exc or timed_out)
+                    raise DeadlineExceeded(f"deadline of {self._seconds:g}s exceeded") from (
+                        exc or timed_out
+                    )
         finally:
             self.__exit__(exc_type, exc, tb)
 

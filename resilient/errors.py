@@ -39,14 +39,18 @@ class CircuitOpenError(RejectedError):
     """
 
     def __init__(self, name: str, retry_after: float, reason: str = "open") -> None:
+        # The sentence is built in __str__: rejections are frequent, reading them is not.
+        super().__init__(name, retry_after, reason)
         self.name = name
         self.retry_after = retry_after
         self.reason = reason
-        if math.isinf(retry_after):
+
+    def __str__(self) -> str:
+        if math.isinf(self.retry_after):
             when = "until it is reset"
         else:
-            when = f"retry after {retry_after:.3f}s"
-        super().__init__(f"circuit {name!r} rejected the call ({reason}); {when}")
+            when = f"retry after {self.retry_after:.3f}s"
+        return f"circuit {self.name!r} rejected the call ({self.reason}); {when}"
 
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float, str]]:
         return (type(self), (self.name, self.retry_after, self.reason))
@@ -63,7 +67,7 @@ class BulkheadFullError(RejectedError):
         return (type(self), (self.limit,))
 
 
-class DeadlineExceeded(ResilientError, TimeoutError):  # noqa: N818 (the contract's name)
+class DeadlineExceeded(ResilientError, TimeoutError):
     """The caller's deadline ran out.
 
     Raised where a ``deadline()`` scope ends with its budget spent inside an

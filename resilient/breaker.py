@@ -1,0 +1,765 @@
+"""The circuit breaker: a state machine over a sliding window.
+
+CLOSED admits calls and counts their outcomes in a window; once the window
+holds ``minimum_calls`` calls and the failure or slow-call rate reaches its
+threshold, the breaker opens. OPEN rejects until ``open_until``; the next call
+after that moves it to HALF_OPEN, which admits exactly ``half_open_calls``
+probes and closes or reopens on their verdict. Each consecutive trip backs the
+open duration off by ``open_backoff`` (with +-10% jitter, then the cap).
+Adaptive mode stays CLOSED and drops calls with the SRE throttle's
+probability instead (see ``adaptive.py``). FORCED_OPEN and DISABLED are
+manual.
+
+How it is built:
+
+- Deciding is split from doing. Every decision is a ``*_locked`` method that
+  runs under ``self._lock``, never awaits, never calls user code and returns
+  the effects (events to deliver, tasks to cancel); the caller carries them
+  out after releasing the lock. The lock is a plain thread lock, held for a
+  few microseconds on the slow path only; the success path of a CLOSED
+  breaker takes no lock.
+- The success path: ``now < self._fast_until`` says "CLOSED, nothing to judge,
+  no bucket or slot boundary crossed" in one comparison. ``_fast_until`` is
+  recomputed under the lock whenever anything changes.
+- Tickets: admission hands out an int. ``>= 0`` is an ordinary call (its
+  ``InFlight`` slot), ``<= -2`` is a probe (``-2 - serial``), ``-1`` is a call
+  through a DISABLED breaker (not counted). A probe's serial is looked up in
+  the current HALF_OPEN round: a probe from an earlier round, or a call
+  admitted while CLOSED that ends during HALF_OPEN, counts in the window but
+  never decides the probes' verdict.
+- What counts (see docs/concepts/breaker.md): a caller's cancellation never;
+  a ``RejectedError`` from beneath never; a deadline expiry only when the call
+  started with at least ``slow_call_duration`` of budget left (the
+  dependency had a fair chance); anything that does not count gives a
+  probe's permit back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import itertools
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from resilient import deadline as _deadline
+from resilient.adaptive import drop_probability
+from resilient.config import BreakerConfig
+from resilient.errors import CircuitOpenError, DeadlineExceeded, RejectedError
+from resilient.events import CallRejected, ConfigChanged, Event, Listener, StateChanged, deliver
+from resilient.latency import SlowThreshold
+from resilient.state import State
+from resilient.window import (
+    FAILURE,
+    REQUESTS,
+    SLOW_FAILURE,
+    SLOW_SUCCESS,
+    SUCCESS,
+    CountWindow,
+    InFlight,
+    TimeWindow,
+)
+
+RING = InFlight.RING
+
+__all__ = ["CircuitBreaker", "Permit", "Snapshot"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,200}\Z")
+JITTER = 0.1  # the open duration varies by at most +-10%
+
+UNTRACKED = -1  # the ticket of a call through a DISABLED breaker
+_PROBE = -2  # probe tickets are _PROBE - serial
+
+# How a call ended, as the breaker judges it.
+_COUNT_SUCCESS = 0
+_COUNT_FAILURE = 1
+_RELEASE = 2  # not counted; a probe's permit goes back
+
+_REJECTING = (State.OPEN, State.FORCED_OPEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A breaker's state and window at one moment.
+
+    ``calls``, ``failures`` and ``slow_calls`` include calls still running past
+    ``slow_call_duration`` (as slow calls). ``requests`` counts admission
+    attempts in adaptive mode (drops included). ``open_until`` is epoch
+    seconds, or ``None`` when the breaker is not OPEN.
+    """
+
+    name: str
+    state: State
+    calls: int
+    failures: int
+    slow_calls: int
+    failure_rate: float
+    slow_call_rate: float
+    open_until: float | None
+    running: int
+    requests: int
+    trips: int
+    drop_probability: float
+
+
+class CircuitBreaker:
+    """A sliding-window circuit breaker for sync and async calls.
+
+    Args:
+        name: ``[A-Za-z0-9._:/-]{1,200}``; the key operators use in etcd and Redis.
+        config: a ``BreakerConfig`` (defaults if omitted).
+        record_exceptions: exception classes that count as failures; other
+            exceptions count as successes (the dependency answered).
+        ignore_exceptions: exception classes never counted (checked first).
+        result_is_failure: a predicate on the return value, e.g.
+            ``lambda r: r.status >= 500``.
+        clock: monotonic seconds (injected by tests).
+        wall: epoch seconds, for ``open_until`` in snapshots and events.
+        rng: uniform floats in [0, 1), for jitter and adaptive drops.
+
+    Use it as a decorator (sync or async functions), with ``with`` /
+    ``async with``, or through ``acquire()`` for code that cannot be wrapped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig | None = None,
+        *,
+        record_exceptions: Iterable[type[BaseException]] = (Exception,),
+        ignore_exceptions: Iterable[type[BaseException]] = (),
+        result_is_failure: Callable[[Any], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ValueError(f"breaker name must match [A-Za-z0-9._:/-]{{1,200}}, got {name!r}")
+        config = config if config is not None else BreakerConfig()
+        if not isinstance(config, BreakerConfig):
+            raise TypeError(f"config must be a BreakerConfig, got {type(config).__name__}")
+        self.name = name
+        self._record = tuple(record_exceptions)
+        self._ignore = tuple(ignore_exceptions)
+        self._result_is_failure = result_is_failure
+        self._clock = clock
+        self._wall = wall
+        self._rng = rng
+        self._listeners: tuple[Listener, ...] = ()
+        self._entered: ContextVar[tuple[Permit, ...]] = ContextVar(f"resilient.{name}", default=())
+
+        # --- mutable state; changed only under the lock (the hot path only adds counts) ---
+        self._lock = threading.Lock()
+        now = clock()
+        self._config = config
+        self._state = State.CLOSED
+        self._trips = 0  # consecutive trips, for the open duration's backoff
+        self._open_until = -math.inf  # monotonic
+        self._open_until_wall: float | None = None
+        self._probe_serials = itertools.count()
+        self._probes: dict[int, float] = {}  # running probes of this round: serial -> start
+        self._probes_left = 0  # permits not yet handed out this round
+        self._probe_calls = self._probe_failures = self._probe_slow = 0
+        self._slow = SlowThreshold(config.slow_call_duration)
+        self._slow_seconds = self._slow.seconds  # read on the success path
+        self._window = _new_window(config)
+        self._window.advance(now)
+        self._flight = InFlight(self._slow.seconds, now)
+        # cancel_on_open: running async calls (task -> start) and the ones we cut.
+        self._running: dict[asyncio.Task[Any], float] | None = {} if config.cancel_on_open else None
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._fast_until = -math.inf  # see the module docstring
+        with self._lock:
+            self._refresh_locked(now)
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def state(self) -> State:
+        """The state now (an OPEN breaker whose time is up reads HALF_OPEN only after
+        the next call moves it)."""
+        return self._state
+
+    @property
+    def config(self) -> BreakerConfig:
+        return self._config
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` after each transition, rejection or config change."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners = tuple(fn for fn in self._listeners if fn != listener)
+
+    def snapshot(self) -> Snapshot:
+        now = self._clock()
+        with self._lock:
+            self._upkeep_locked(now)
+            t = self._window.totals()
+            hung = self._flight.old
+            calls, slow = t.calls + hung, t.slow + hung
+            cfg = self._config
+            p = 0.0
+            if cfg.mode == "adaptive":
+                p = drop_probability(t.requests, t.accepts, cfg.adaptive_k, cfg.minimum_calls)
+            return Snapshot(
+                name=self.name,
+                state=self._state,
+                calls=calls,
+                failures=t.failures,
+                slow_calls=slow,
+                failure_rate=t.failures / calls if calls else 0.0,
+                slow_call_rate=slow / calls if calls else 0.0,
+                open_until=self._open_until_wall if self._state is State.OPEN else None,
+                running=self._flight.running + len(self._probes),
+                requests=t.requests,
+                trips=self._trips,
+                drop_probability=p,
+            )
+
+    def force_open(self) -> None:
+        """Reject every call until ``reset()`` (``retry_after`` is ``math.inf``)."""
+        self._manual(State.FORCED_OPEN, "forced open")
+
+    def disable(self) -> None:
+        """Admit every call and count nothing until ``reset()``."""
+        self._manual(State.DISABLED, "disabled")
+
+    def reset(self) -> None:
+        """Back to CLOSED with an empty window and no backoff."""
+        self._manual(State.CLOSED, "reset")
+
+    def update_config(self, config: BreakerConfig, *, revision: int | None = None) -> None:
+        """Replace the config atomically; what a hot reload calls.
+
+        State, ``open_until``, the trip count and the window's statistics are
+        kept; only a change of the window's shape (window, window_size,
+        buckets) starts an empty window. Never resets the breaker.
+        """
+        if not isinstance(config, BreakerConfig):
+            raise TypeError(f"config must be a BreakerConfig, got {type(config).__name__}")
+        now = self._clock()
+        with self._lock:
+            old = self._config
+            if config == old:
+                return
+            self._config = config
+            if config.window_shape() != old.window_shape():
+                self._window = _new_window(config)
+                self._window.advance(now)
+            if config.slow_call_duration != old.slow_call_duration:
+                self._slow = SlowThreshold(config.slow_call_duration)
+                self._slow_seconds = self._slow.seconds
+                self._flight = self._flight.retime(self._slow.seconds, now)
+            if config.cancel_on_open != old.cancel_on_open:
+                self._running = {} if config.cancel_on_open else None
+            if self._state is State.HALF_OPEN:
+                handed_out = old.half_open_calls - self._probes_left
+                self._probes_left = max(0, config.half_open_calls - handed_out)
+            self._fast_until = -math.inf  # judge again at the next call
+            self._refresh_locked(now)
+        if self._listeners:
+            deliver(self._listeners, ConfigChanged(self.name, old, config, revision))
+
+    # ------------------------------------------------------------------ decorator
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        if inspect.iscoroutinefunction(fn):
+            return self._wrap_async(fn)
+        return self._wrap_sync(fn)
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        clock, judge = self._clock, self._result_is_failure
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            # The success path is written out here (and in the async twin), not
+            # called: a method call would cost a fifth of its budget.
+            now = clock()
+            if now < self._fast_until:
+                flight = self._flight
+                ticket = flight.slot
+                flight.counts[ticket % RING] += 1
+            else:
+                ticket = self._admit(now)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._settle_error(ticket, now, exc)
+                raise
+            end = clock()
+            failed = judge is not None and judge(result)
+            flight = self._flight
+            if (
+                not failed
+                and end < self._fast_until
+                and end - now < self._slow_seconds
+                and ticket >= flight.oldest
+            ):
+                flight.counts[ticket % RING] -= 1
+                window = self._window
+                if window.timed:
+                    window.counts[window.pos] += 1  # + SUCCESS, which is 0
+                else:
+                    window.add(SUCCESS)
+            else:
+                self._settle(ticket, now, end, _COUNT_FAILURE if failed else _COUNT_SUCCESS)
+            return result
+
+        return call
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        clock, judge = self._clock, self._result_is_failure
+
+        @functools.wraps(fn)
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            now = clock()
+            if now < self._fast_until:
+                flight = self._flight
+                ticket = flight.slot
+                flight.counts[ticket % RING] += 1
+            else:
+                ticket = self._admit(now)
+            running = self._running
+            if running is not None:
+                task = asyncio.current_task()
+                if task is not None:
+                    running[task] = now
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                if running is not None:
+                    self._forget_task(running)
+                    if isinstance(exc, asyncio.CancelledError) and self._was_cut():
+                        self._settle(ticket, now, clock(), _COUNT_FAILURE)
+                        raise self._rejection(clock(), "cut: the circuit opened") from None
+                self._settle_error(ticket, now, exc)
+                raise
+            if running is not None:
+                self._forget_task(running)
+            end = clock()
+            failed = judge is not None and judge(result)
+            flight = self._flight
+            if (
+                not failed
+                and end < self._fast_until
+                and end - now < self._slow_seconds
+                and ticket >= flight.oldest
+            ):
+                flight.counts[ticket % RING] -= 1
+                window = self._window
+                if window.timed:
+                    window.counts[window.pos] += 1
+                else:
+                    window.add(SUCCESS)
+            else:
+                self._settle(ticket, now, end, _COUNT_FAILURE if failed else _COUNT_SUCCESS)
+            return result
+
+        return call
+
+    # ------------------------------------------------------------------ context managers
+
+    def acquire(self) -> Permit:
+        """Admit one call (or raise CircuitOpenError) and return its permit.
+
+        For code that cannot be wrapped: report the outcome exactly once with
+        ``permit.success()``, ``permit.failure()``, ``permit.error(exc)`` or
+        ``permit.release()`` (not counted).
+        """
+        now = self._clock()
+        ticket = self._flight.start() if now < self._fast_until else self._admit(now)
+        return Permit(self, ticket, now)
+
+    def __enter__(self) -> CircuitBreaker:
+        permit = self.acquire()
+        self._entered.set((*self._entered.get(), permit))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack = self._entered.get()
+        permit = stack[-1]
+        self._entered.set(stack[:-1])
+        if exc is None:
+            permit.success()
+        else:
+            permit.error(exc)
+
+    async def __aenter__(self) -> CircuitBreaker:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _settle_error(self, ticket: int, started: float, exc: BaseException) -> None:
+        """Classify an exception from the call and record it."""
+        self._settle(ticket, started, self._clock(), self._classify(exc, started))
+
+    def _classify(self, exc: BaseException, started: float) -> int:
+        if isinstance(exc, asyncio.CancelledError):
+            scope = _deadline._current()
+            if scope is None or not scope.fired:
+                return _RELEASE  # the caller's own cancellation
+            return self._deadline_verdict(scope, started)
+        if isinstance(exc, DeadlineExceeded):
+            scope = _deadline._current()
+            if scope is None:
+                return _COUNT_FAILURE  # the call's own deadline: a timeout like any other
+            return self._deadline_verdict(scope, started)
+        if isinstance(exc, (RejectedError, self._ignore)):
+            return _RELEASE
+        if isinstance(exc, self._record):
+            return _COUNT_FAILURE
+        if isinstance(exc, Exception):
+            return _COUNT_SUCCESS  # an answer the caller treats as an error
+        return _RELEASE  # KeyboardInterrupt, SystemExit, GeneratorExit: not the dependency
+
+    def _deadline_verdict(self, scope: _deadline.deadline, started: float) -> int:
+        """The fair-budget rule: did the dependency have ``slow_call_duration`` to answer?"""
+        budget = scope.remaining() + (self._clock() - started)
+        return _COUNT_FAILURE if budget >= self._slow.seconds else _RELEASE
+
+    def _settle(self, ticket: int, started: float, ended: float, verdict: int) -> None:
+        if ticket == UNTRACKED:
+            return
+        if ticket >= 0:
+            self._flight.end(ticket)
+        with self._lock:
+            effects = self._record_locked(ticket, started, ended, verdict)
+        if effects:
+            self._carry_out(effects)
+
+    def _record_locked(self, ticket: int, started: float, ended: float, verdict: int) -> _Effects:
+        effects: _Effects = []
+        self._upkeep_locked(ended)
+        duration = ended - started
+        slow = duration >= self._slow.seconds
+        if verdict == _RELEASE:
+            if ticket <= _PROBE and self._probes.pop(_PROBE - ticket, None) is not None:
+                self._probes_left += 1  # the permit goes back; this probe decides nothing
+            return effects
+        failed = verdict == _COUNT_FAILURE
+        if not failed and not slow and self._slow.observe(duration):
+            self._slow_seconds = self._slow.seconds
+            self._flight = self._flight.retime(self._slow.seconds, ended)
+        self._window.add(
+            (SLOW_FAILURE if slow else FAILURE) if failed else (SLOW_SUCCESS if slow else SUCCESS)
+        )
+        if ticket <= _PROBE:
+            if self._probes.pop(_PROBE - ticket, None) is not None:
+                self._probe_calls += 1
+                self._probe_failures += failed
+                self._probe_slow += slow
+                self._judge_probes_locked(ended, effects)
+        elif self._state is State.CLOSED and (failed or slow):
+            self._judge_locked(ended, effects)
+        self._refresh_locked(ended)
+        return effects
+
+    # ------------------------------------------------------------------ admission (slow path)
+
+    def _admit(self, now: float) -> int:
+        state = self._state
+        if state is State.FORCED_OPEN or (state is State.OPEN and now < self._open_until):
+            raise self._rejection(now)  # nothing to decide: no lock
+        with self._lock:
+            effects: _Effects = []
+            ticket = self._admit_locked(now, effects)
+        if effects:
+            self._carry_out(effects)
+        if ticket is None:
+            raise self._rejection(now)
+        return ticket
+
+    def _admit_locked(self, now: float, effects: _Effects) -> int | None:
+        """Admit (a ticket) or reject (None) a call arriving at ``now``."""
+        self._upkeep_locked(now)
+        if self._state is State.CLOSED:
+            cfg = self._config
+            if cfg.mode == "adaptive":
+                t = self._window.totals()
+                p = drop_probability(t.requests, t.accepts, cfg.adaptive_k, cfg.minimum_calls)
+                if p > 0.0 and self._rng() < p:
+                    self._window.add(REQUESTS)  # a drop is an attempt too
+                    return None
+                self._window.admitted()
+            elif self._judge_locked(now, effects):
+                return None
+            ticket = self._flight.start()
+            self._refresh_locked(now)
+            return ticket
+        if self._state is State.OPEN and now >= self._open_until:
+            self._transition_locked(State.HALF_OPEN, "open duration elapsed", now, effects)
+        if self._state is State.HALF_OPEN:
+            self._judge_probes_locked(now, effects)
+            if self._state is State.HALF_OPEN and self._probes_left > 0:
+                self._probes_left -= 1
+                serial = next(self._probe_serials)
+                self._probes[serial] = now
+                return _PROBE - serial
+            return None
+        if self._state is State.DISABLED:
+            return UNTRACKED
+        return None  # OPEN (time not up) or FORCED_OPEN
+
+    def _rejection(self, now: float, reason: str | None = None) -> CircuitOpenError:
+        state = self._state
+        if state is State.OPEN:
+            retry_after = max(0.0, self._open_until - now)
+        elif state is State.FORCED_OPEN:
+            retry_after = math.inf
+        else:
+            retry_after = 0.0  # HALF_OPEN with its probes taken, or an adaptive drop
+        if reason is None:
+            reason = {
+                State.OPEN: "open",
+                State.FORCED_OPEN: "forced open",
+                State.HALF_OPEN: "half-open, probes taken",
+            }.get(state, "throttled")
+        if self._listeners:
+            deliver(self._listeners, CallRejected(self.name, state, retry_after, reason))
+        return CircuitOpenError(self.name, retry_after, reason)
+
+    # ------------------------------------------------------------------ judging (locked)
+
+    def _upkeep_locked(self, now: float) -> None:
+        if now >= self._fast_until:
+            self._window.advance(now)
+            self._flight.advance(now)
+
+    def _judge_locked(self, now: float, effects: _Effects) -> bool:
+        """CLOSED: open if the window (with hung calls as slow) crosses a threshold."""
+        cfg = self._config
+        if cfg.mode == "adaptive":
+            return False
+        t = self._window.totals()
+        hung = self._flight.old
+        calls = t.calls + hung
+        if calls < cfg.count_window_minimum or calls == 0:
+            return False
+        failure_rate = t.failures / calls
+        slow_rate = (t.slow + hung) / calls
+        if failure_rate >= cfg.failure_rate_threshold:
+            reason = f"failure rate {failure_rate:.0%} >= {cfg.failure_rate_threshold:.0%}"
+        elif slow_rate >= cfg.slow_call_rate_threshold:
+            reason = f"slow-call rate {slow_rate:.0%} >= {cfg.slow_call_rate_threshold:.0%}"
+        else:
+            return False
+        self._open_locked(reason, now, effects)
+        return True
+
+    def _judge_probes_locked(self, now: float, effects: _Effects) -> None:
+        """HALF_OPEN: decide as soon as the verdict is certain.
+
+        A probe running past ``slow_call_duration`` is judged slow now; when it
+        ends later it is no longer a probe of this round and decides nothing.
+        """
+        if self._state is not State.HALF_OPEN:
+            return
+        limit = now - self._slow.seconds
+        for serial, started in list(self._probes.items()):
+            if started <= limit:
+                del self._probes[serial]
+                self._probe_calls += 1
+                self._probe_slow += 1
+        cfg = self._config
+        n = cfg.half_open_calls
+        undecided = n - self._probe_calls
+        failures, slow = self._probe_failures, self._probe_slow
+        if failures / n >= cfg.failure_rate_threshold:
+            self._open_locked(f"{failures} of {n} probes failed", now, effects)
+        elif slow / n >= cfg.slow_call_rate_threshold:
+            self._open_locked(f"{slow} of {n} probes were slow", now, effects)
+        elif (failures + undecided) / n < cfg.failure_rate_threshold and (
+            slow + undecided
+        ) / n < cfg.slow_call_rate_threshold:
+            self._trips = 0
+            self._window = _new_window(cfg)
+            self._window.advance(now)
+            self._transition_locked(State.CLOSED, "probes succeeded", now, effects)
+
+    def _open_locked(self, reason: str, now: float, effects: _Effects) -> None:
+        cfg = self._config
+        self._trips += 1
+        duration = cfg.open_duration * cfg.open_backoff ** (self._trips - 1)
+        duration *= 1.0 + JITTER * (2.0 * self._rng() - 1.0)  # jitter before the cap
+        duration = min(duration, cfg.open_duration_max)
+        self._open_until = now + duration
+        self._open_until_wall = self._wall() + duration
+        self._transition_locked(State.OPEN, reason, now, effects)
+        if self._running:
+            late = now - self._slow.seconds
+            effects.extend(task for task, started in self._running.items() if started <= late)
+
+    def _transition_locked(self, new: State, reason: str, now: float, effects: _Effects) -> None:
+        old = self._state
+        self._state = new
+        self._probes.clear()
+        self._probe_calls = self._probe_failures = self._probe_slow = 0
+        self._probes_left = self._config.half_open_calls if new is State.HALF_OPEN else 0
+        if new is not State.OPEN:
+            self._open_until = -math.inf
+            self._open_until_wall = None
+        self._fast_until = -math.inf
+        self._refresh_locked(now)
+        if self._listeners and new is not old:
+            effects.append(StateChanged(self.name, old, new, reason, self._wall()))
+
+    def _refresh_locked(self, now: float) -> None:
+        """Recompute how long the success path may skip the lock."""
+        cfg = self._config
+        if (
+            self._state is not State.CLOSED
+            or cfg.mode == "adaptive"
+            or self._slow.learning
+            or self._judging_pending()
+        ):
+            self._fast_until = -math.inf
+        else:
+            self._fast_until = min(self._window.next_boundary(), self._flight.next_event())
+
+    def _judging_pending(self) -> bool:
+        """Could a success alone make the window trip? Only while it fills up with
+        failures or slow calls in it, or with calls running past the slow limit."""
+        if self._flight.old:
+            return True
+        t = self._window.totals()
+        return (t.failures or t.slow) > 0 and t.calls < self._config.count_window_minimum
+
+    def _manual(self, state: State, reason: str) -> None:
+        now = self._clock()
+        effects: _Effects = []
+        with self._lock:
+            if state is State.CLOSED:
+                self._trips = 0
+                self._window = _new_window(self._config)
+                self._window.advance(now)
+            self._transition_locked(state, reason, now, effects)
+            if state is State.CLOSED and not effects and self._listeners:
+                effects.append(StateChanged(self.name, state, state, reason, self._wall()))
+        self._carry_out(effects)
+
+    # ------------------------------------------------------------------ effects
+
+    def _carry_out(self, effects: _Effects) -> None:
+        """Deliver events and cut late calls, outside the lock."""
+        events = [e for e in effects if not isinstance(e, asyncio.Task)]
+        for task in effects:
+            if isinstance(task, asyncio.Task) and not task.done():
+                self._cut.add(task)
+                _cancel_soon(task)
+        if events and self._listeners:
+            for event in events:
+                deliver(self._listeners, event)
+
+    def _forget_task(self, running: dict[asyncio.Task[Any], float]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            running.pop(task, None)
+
+    def _was_cut(self) -> bool:
+        """Was this task cancelled by the breaker (and by nobody else)?"""
+        task = asyncio.current_task()
+        if task is None or task not in self._cut:
+            return False
+        self._cut.discard(task)
+        return task.uncancel() == 0
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self._state.value}>"
+
+
+_Effects = list[Event | asyncio.Task[Any]]
+
+
+def _new_window(config: BreakerConfig) -> TimeWindow | CountWindow:
+    if config.window == "count":
+        return CountWindow(int(config.window_size))
+    return TimeWindow(config.window_size, config.buckets)
+
+
+def _cancel_soon(task: asyncio.Task[Any]) -> None:
+    loop = task.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        task.cancel()
+    else:
+        loop.call_soon_threadsafe(task.cancel)
+
+
+class Permit:
+    """One admitted call, to be settled exactly once (see ``CircuitBreaker.acquire``)."""
+
+    __slots__ = ("_breaker", "_settled", "_started", "_ticket")
+
+    def __init__(self, breaker: CircuitBreaker, ticket: int, started: float) -> None:
+        self._breaker = breaker
+        self._ticket = ticket
+        self._started = started
+        self._settled = False
+
+    def _once(self) -> bool:
+        if self._settled:
+            return False
+        self._settled = True
+        return True
+
+    def success(self) -> None:
+        if self._once():
+            br = self._breaker
+            br._settle(self._ticket, self._started, br._clock(), _COUNT_SUCCESS)
+
+    def failure(self) -> None:
+        if self._once():
+            br = self._breaker
+            br._settle(self._ticket, self._started, br._clock(), _COUNT_FAILURE)
+
+    def error(self, exc: BaseException) -> None:
+        """Settle by an exception, classified as the decorator would."""
+        if self._once():
+            self._breaker._settle_error(self._ticket, self._started, exc)
+
+    def release(self) -> None:
+        """Settle without counting (a probe's permit goes back)."""
+        if self._once():
+            br = self._breaker
+            br._settle(self._ticket, self._started, br._clock(), _RELEASE)
+
+    def result(self, value: object) -> None:
+        """Settle by a return value, judged by ``result_is_failure``."""
+        judge = self._breaker._result_is_failure
+        if judge is not None and judge(value):
+            self.failure()
+        else:
+            self.success()
