@@ -56,7 +56,7 @@ from resilient.adaptive import drop_probability
 from resilient.config import BreakerConfig
 from resilient.errors import CircuitOpenError, DeadlineExceeded, RejectedError
 from resilient.events import CallRejected, ConfigChanged, Event, Listener, StateChanged, deliver
-from resilient.latency import SlowThreshold
+from resilient.latency import AutoSlow, SlowThreshold
 from resilient.state import State
 from resilient.window import (
     FAILURE,
@@ -71,7 +71,7 @@ from resilient.window import (
 
 RING = InFlight.RING
 
-__all__ = ["CircuitBreaker", "Permit", "Snapshot"]
+__all__ = ["OUTCOMES", "CallObserver", "CircuitBreaker", "Permit", "Snapshot"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,7 +87,16 @@ _COUNT_SUCCESS = 0
 _COUNT_FAILURE = 1
 _RELEASE = 2  # not counted; a probe's permit goes back
 
-_REJECTING = (State.OPEN, State.FORCED_OPEN)
+#: What an observer (see ``observe_calls``) is told of a call that ended.
+OUTCOMES = ("success", "slow_success", "failure", "slow_failure", "not_counted")
+_OUTCOME_NAMES = (("success", "slow_success"), ("failure", "slow_failure"))
+CallObserver = Callable[[str, float], object]
+
+_REJECTION_REASONS = {
+    State.OPEN: "open",
+    State.FORCED_OPEN: "forced open",
+    State.HALF_OPEN: "half-open, probes taken",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,7 @@ class CircuitBreaker:
         clock: monotonic seconds (injected by tests).
         wall: epoch seconds, for ``open_until`` in snapshots and events.
         rng: uniform floats in [0, 1), for jitter and adaptive drops.
+        auto_slow: how ``slow_call_duration="auto"`` is learned (``AutoSlow``).
 
     Use it as a decorator (sync or async functions), with ``with`` /
     ``async with``, or through ``acquire()`` for code that cannot be wrapped.
@@ -144,6 +154,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        auto_slow: AutoSlow | None = None,
     ) -> None:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ValueError(f"breaker name must match [A-Za-z0-9._:/-]{{1,200}}, got {name!r}")
@@ -158,6 +169,8 @@ class CircuitBreaker:
         self._wall = wall
         self._rng = rng
         self._listeners: tuple[Listener, ...] = ()
+        self._observers: tuple[CallObserver, ...] = ()
+        self._auto_slow = auto_slow
         self._entered: ContextVar[tuple[Permit, ...]] = ContextVar(f"resilient.{name}", default=())
 
         # --- mutable state; changed only under the lock (the hot path only adds counts) ---
@@ -172,7 +185,7 @@ class CircuitBreaker:
         self._probes: dict[int, float] = {}  # running probes of this round: serial -> start
         self._probes_left = 0  # permits not yet handed out this round
         self._probe_calls = self._probe_failures = self._probe_slow = 0
-        self._slow = SlowThreshold(config.slow_call_duration)
+        self._slow = SlowThreshold(config.slow_call_duration, self._auto_slow)
         self._slow_seconds = self._slow.seconds  # read on the success path
         self._window = _new_window(config)
         self._window.advance(now)
@@ -202,6 +215,18 @@ class CircuitBreaker:
 
     def remove_listener(self, listener: Listener) -> None:
         self._listeners = tuple(fn for fn in self._listeners if fn != listener)
+
+    def observe_calls(self, observer: CallObserver) -> None:
+        """Call ``observer(outcome, seconds)`` after every call that ends.
+
+        ``outcome`` is one of ``OUTCOMES``. For telemetry: an observed breaker
+        settles every call on the locked path, so the no-observer success path
+        stays free of the cost.
+        """
+        now = self._clock()
+        with self._lock:
+            self._observers = (*self._observers, observer)
+            self._refresh_locked(now)
 
     def snapshot(self) -> Snapshot:
         now = self._clock()
@@ -260,7 +285,7 @@ class CircuitBreaker:
                 self._window = _new_window(config)
                 self._window.advance(now)
             if config.slow_call_duration != old.slow_call_duration:
-                self._slow = SlowThreshold(config.slow_call_duration)
+                self._slow = SlowThreshold(config.slow_call_duration, self._auto_slow)
                 self._slow_seconds = self._slow.seconds
                 self._flight = self._flight.retime(self._slow.seconds, now)
             if config.cancel_on_open != old.cancel_on_open:
@@ -456,6 +481,15 @@ class CircuitBreaker:
             effects = self._record_locked(ticket, started, ended, verdict)
         if effects:
             self._carry_out(effects)
+        if self._observers:
+            duration = ended - started
+            if verdict == _RELEASE:
+                outcome = "not_counted"
+            else:
+                slow = duration >= self._slow_seconds
+                outcome = _OUTCOME_NAMES[verdict == _COUNT_FAILURE][slow]
+            for observer in self._observers:
+                observer(outcome, duration)
 
     def _record_locked(self, ticket: int, started: float, ended: float, verdict: int) -> _Effects:
         effects: _Effects = []
@@ -539,11 +573,7 @@ class CircuitBreaker:
         else:
             retry_after = 0.0  # HALF_OPEN with its probes taken, or an adaptive drop
         if reason is None:
-            reason = {
-                State.OPEN: "open",
-                State.FORCED_OPEN: "forced open",
-                State.HALF_OPEN: "half-open, probes taken",
-            }.get(state, "throttled")
+            reason = _REJECTION_REASONS.get(state, "throttled")
         if self._listeners:
             deliver(self._listeners, CallRejected(self.name, state, retry_after, reason))
         return CircuitOpenError(self.name, retry_after, reason)
@@ -640,6 +670,7 @@ class CircuitBreaker:
             self._state is not State.CLOSED
             or cfg.mode == "adaptive"
             or self._slow.learning
+            or self._observers
             or self._judging_pending()
         ):
             self._fast_until = -math.inf
