@@ -1,0 +1,57 @@
+"""The OpenTelemetry rim of the gray package: span attributes, baggage, span context.
+
+Only ``opentelemetry-api`` is used. With no SDK configured every call here is
+a cheap no-op: the current span is the invalid non-recording span, so no
+attribute is set and no trace context is reported. Attributes are set only on
+a recording span, and only for gray requests: stable traffic never reaches
+this module on the inbound path.
+"""
+
+from __future__ import annotations
+
+from contextvars import Token
+from typing import Final
+
+from opentelemetry import baggage, context, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext
+
+from resilient.gray._tag import GrayTag
+
+__all__ = [
+    "ATTR_STRATEGY",
+    "ATTR_TAG",
+    "BAGGAGE_KEY",
+    "attach_baggage",
+    "detach",
+    "span_context",
+    "tag_span",
+]
+
+ATTR_TAG: Final = "gray.tag"
+ATTR_STRATEGY: Final = "gray.strategy"
+BAGGAGE_KEY: Final = "gray"
+
+
+def tag_span(tag: GrayTag) -> None:
+    """Put ``gray.tag`` and ``gray.strategy`` on the current span, if it records."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(ATTR_TAG, tag.value)
+        span.set_attribute(ATTR_STRATEGY, tag.rule)
+
+
+def attach_baggage(tag: GrayTag, key: str = BAGGAGE_KEY) -> Token[Context]:
+    """Make ``key=tag.value`` baggage current; returns the token for ``detach``."""
+    return context.attach(baggage.set_baggage(key, tag.value))
+
+
+def detach(token: Token[Context]) -> None:
+    """Undo ``attach_baggage``."""
+    context.detach(token)
+
+
+def span_context() -> SpanContext | None:
+    """The current span's context if it is valid (a trace is in progress), else ``None``."""
+    ctx = trace.get_current_span().get_span_context()
+    return ctx if ctx.is_valid else None

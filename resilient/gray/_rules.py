@@ -1,0 +1,335 @@
+"""Gray-traffic rules and the recogniser that evaluates them in order.
+
+A rule reads a request's headers and proposes a tag value; the recogniser
+tries its rules in the configured order and keeps the first proposal that is
+a valid tag value and passes the allow and deny lists (a refused proposal
+does not stop the search: a denied ``x-gray`` still lets a percentage rule
+decide). The rules:
+
+* ``TracestateRule(key="gray")``: the value of one W3C tracestate member;
+  only read when the traceparent and the whole tracestate are valid.
+* ``HeaderRule(header="x-gray")``: a header holding exactly one token.
+* ``CookieRule(cookie=...)``: a cookie's value.
+* ``PercentageRule(percent, header=... | cookie=..., value="gray")``: a stable
+  split by a hash of a header's or cookie's value (say, a user id), so one
+  user lands on the same side in every process, language and restart:
+  ``int.from_bytes(sha256(value)[:8], "big") % 10000 < percent * 100``
+  (never ``hash()``, which is salted per process).
+
+Rules and the recogniser are frozen and validated on construction
+(``ConfigError``, a ``ValueError``, naming the field); after that, on the
+request path, nothing raises: malformed input simply proposes nothing.
+Header values reach the rules as ``str`` decoded from bytes as UTF-8 with
+``surrogateescape`` (what aiohttp does), so the percentage hash sees the very
+bytes on the wire whichever server decoded them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final, TypeAlias
+
+from resilient._deadline_header import check_name
+from resilient.errors import ConfigError
+from resilient.gray._context import Inbound
+from resilient.gray._tag import GrayTag, RuleName, is_tag_value
+from resilient.gray._tracestate import is_key, parse_traceparent, parse_tracestate
+
+__all__ = [
+    "DEFAULT_RULES",
+    "CookieRule",
+    "HeaderRule",
+    "PercentageRule",
+    "Recognizer",
+    "Rule",
+    "bucket",
+]
+
+#: Header fields by lower-case name, each with every value received, in order.
+Found: TypeAlias = Mapping[str, Sequence[str]]
+
+_OWS: Final = " \t"
+
+
+def bucket(value: str) -> int:
+    """The percentage bucket (0-9999) of a header or cookie value."""
+    digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % 10000
+
+
+def _single(found: Found, header: str) -> str | None:
+    """The value of a header sent exactly once (a repeated one is ambiguous)."""
+    values = found.get(header)
+    if values is None or len(values) != 1:
+        return None
+    return values[0].strip(_OWS)
+
+
+def _cookie(found: Found, name: str) -> str | None:
+    """The first cookie called ``name`` in the Cookie header(s), unquoted."""
+    for field in found.get("cookie", ()):
+        for pair in field.split(";"):
+            key, eq, value = pair.partition("=")
+            if eq and key.strip(_OWS) == name:
+                value = value.strip(_OWS)
+                if len(value) >= 2 and value[0] == '"' == value[-1]:
+                    value = value[1:-1]
+                return value
+    return None
+
+
+def check_key(field: str, key: object) -> str:
+    """``key`` if it is a W3C tracestate key; ``ConfigError`` naming ``field`` if not."""
+    if not isinstance(key, str) or not is_key(key):
+        raise ConfigError(
+            f"{field} must be a W3C tracestate key (a-z first, then a-z 0-9 _ - * /, "
+            f"or tenant@system), got {key!r}",
+            field=field,
+            value=key,
+        )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class TracestateRule:
+    """Gray when the tracestate has a member ``key`` (default ``gray``) with a tag value.
+
+    Args:
+        key: the tracestate key; it must be a valid W3C key.
+    """
+
+    key: str = "gray"
+    rule: ClassVar[RuleName] = "tracestate"
+
+    def __post_init__(self) -> None:
+        check_key("key", self.key)
+
+    @property
+    def headers(self) -> frozenset[str]:
+        return frozenset({"traceparent", "tracestate"})
+
+    def propose(self, found: Found, members: Mapping[str, str] | None) -> str | None:
+        return None if members is None else members.get(self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRule:
+    """Gray when the header (default ``x-gray``) holds one tag value.
+
+    Args:
+        header: the header name, matched case-insensitively.
+    """
+
+    header: str = "x-gray"
+    rule: ClassVar[RuleName] = "header"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "header", check_name("header", self.header))
+
+    @property
+    def headers(self) -> frozenset[str]:
+        return frozenset({self.header})
+
+    def propose(self, found: Found, members: Mapping[str, str] | None) -> str | None:
+        return _single(found, self.header)
+
+
+@dataclass(frozen=True, slots=True)
+class CookieRule:
+    """Gray when the cookie ``cookie`` holds a tag value.
+
+    Args:
+        cookie: the cookie name (case-sensitive, as cookies are).
+    """
+
+    cookie: str
+    rule: ClassVar[RuleName] = "cookie"
+
+    def __post_init__(self) -> None:
+        check_name("cookie", self.cookie)
+
+    @property
+    def headers(self) -> frozenset[str]:
+        return frozenset({"cookie"})
+
+    def propose(self, found: Found, members: Mapping[str, str] | None) -> str | None:
+        return _cookie(found, self.cookie)
+
+
+@dataclass(frozen=True, slots=True)
+class PercentageRule:
+    """Gray for a stable ``percent`` of the values of a header or cookie.
+
+    Args:
+        percent: 0 to 100 (fractions allowed, to 0.01); the share of values
+            whose bucket is below ``percent * 100``.
+        header: the header whose value is hashed (say ``x-user-id``), or
+        cookie: the cookie whose value is hashed; exactly one of the two.
+        value: the tag given to the requests that fall in.
+    """
+
+    percent: float
+    header: str | None = None
+    cookie: str | None = None
+    value: str = "gray"
+    rule: ClassVar[RuleName] = "percentage"
+
+    def __post_init__(self) -> None:
+        p = self.percent
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 100:
+            raise ConfigError(
+                f"percent must be a number from 0 to 100, got {p!r}", field="percent", value=p
+            )
+        if (self.header is None) == (self.cookie is None):
+            raise ConfigError(
+                "exactly one of header= and cookie= must name the hashed value",
+                field="header",
+                value=(self.header, self.cookie),
+            )
+        if self.header is not None:
+            object.__setattr__(self, "header", check_name("header", self.header))
+        else:
+            check_name("cookie", self.cookie)
+        if not is_tag_value(self.value):
+            raise ConfigError(
+                f"value must be 1-64 characters of A-Z a-z 0-9 . _ ~ -, got {self.value!r}",
+                field="value",
+                value=self.value,
+            )
+
+    @property
+    def headers(self) -> frozenset[str]:
+        return frozenset({self.header if self.header is not None else "cookie"})
+
+    def propose(self, found: Found, members: Mapping[str, str] | None) -> str | None:
+        if self.header is not None:
+            source = _single(found, self.header)
+        else:
+            source = _cookie(found, self.cookie or "")
+        if not source or bucket(source) >= self.percent * 100:
+            return None
+        return self.value
+
+
+Rule: TypeAlias = TracestateRule | HeaderRule | CookieRule | PercentageRule
+_RULE_TYPES: Final = (TracestateRule, HeaderRule, CookieRule, PercentageRule)
+
+#: The rules of a middleware built with no ``rules=``: tracestate, then header.
+DEFAULT_RULES: Final[tuple[Rule, ...]] = (TracestateRule(), HeaderRule())
+
+
+def _tag_set(field: str, values: Iterable[str] | None) -> frozenset[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str | bytes):
+        raise ConfigError(
+            f"{field} must be a collection of tag values, not a single string",
+            field=field,
+            value=values,
+        )
+    out = frozenset(values)
+    for value in out:
+        if not is_tag_value(value):
+            raise ConfigError(
+                f"{field} holds {value!r}, which is not a tag value "
+                f"(1-64 characters of A-Z a-z 0-9 . _ ~ -)",
+                field=field,
+                value=value,
+            )
+    return out
+
+
+class Recognizer:
+    """Rules in order plus allow and deny lists: a request's headers in, an ``Inbound`` out.
+
+    Args:
+        rules: the rules, tried in this order (default: tracestate, header).
+            An empty sequence recognises nothing but still validates and
+            keeps the inbound trace context for a pass-through.
+        allow: if given, only these tag values are recognised.
+        deny: tag values never recognised (checked before ``allow``).
+
+    Raises:
+        ConfigError: a rule is not a rule object, or a list holds a value that
+            is not a tag value; the message names the option.
+
+    The instance is immutable and shared by every request.
+    """
+
+    __slots__ = ("allow", "deny", "headers", "rules")
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = DEFAULT_RULES,
+        *,
+        allow: Iterable[str] | None = None,
+        deny: Iterable[str] = (),
+    ) -> None:
+        given: object = rules  # checked as the untyped value a user may pass
+        if isinstance(given, (str, bytes, *_RULE_TYPES)) or not isinstance(given, Iterable):
+            raise ConfigError(
+                f"rules must be a sequence of rule objects, got {rules!r}",
+                field="rules",
+                value=rules,
+            )
+        checked = tuple(rules)
+        for rule in checked:
+            if not isinstance(rule, _RULE_TYPES):
+                raise ConfigError(
+                    "rules must hold TracestateRule, HeaderRule, CookieRule or "
+                    f"PercentageRule objects, got {rule!r}",
+                    field="rules",
+                    value=rule,
+                )
+        self.rules: tuple[Rule, ...] = checked
+        self.allow = _tag_set("allow", allow)
+        self.deny = _tag_set("deny", deny) or frozenset()
+        names = {"traceparent", "tracestate"}
+        for rule in checked:
+            names |= rule.headers
+        #: the lower-case header names this recogniser reads
+        self.headers: frozenset[str] = frozenset(names)
+
+    def inspect(self, found: Found) -> Inbound | None:
+        """What the headers say: the tag and the valid inbound trace context.
+
+        Returns ``None`` when there is neither a tag nor a valid traceparent,
+        so the caller can skip publishing anything. Never raises.
+        """
+        traceparent = parent_id = tracestate = None
+        members: dict[str, str] | None = None
+        tp_fields = found.get("traceparent")
+        if tp_fields:
+            parent_id = parse_traceparent(tp_fields)
+            if parent_id is not None:
+                traceparent = tp_fields[0].strip(_OWS)
+                ts_fields = found.get("tracestate")
+                if ts_fields:
+                    parsed = parse_tracestate(ts_fields)
+                    if parsed:
+                        members = dict(parsed)
+                        tracestate = ",".join(ts_fields)
+        tag = self.match(found, members)
+        if tag is None and traceparent is None:
+            return None
+        return Inbound(tag, traceparent, parent_id, tracestate)
+
+    def match(self, found: Found, members: Mapping[str, str] | None) -> GrayTag | None:
+        """The first acceptable proposal of the rules, as a tag, or ``None``."""
+        allow = self.allow
+        deny = self.deny
+        for rule in self.rules:
+            value = rule.propose(found, members)
+            if (
+                value is not None
+                and is_tag_value(value)
+                and value not in deny
+                and (allow is None or value in allow)
+            ):
+                return GrayTag(value, rule.rule)
+        return None
+
+    def __repr__(self) -> str:
+        return f"Recognizer(rules={self.rules!r}, allow={self.allow!r}, deny={self.deny!r})"

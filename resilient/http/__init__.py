@@ -1,0 +1,1 @@
+"""HTTP layer for aiohttp clients: session factory, timeouts and client middlewares."""
