@@ -12,7 +12,7 @@ import random
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-import psutil
+import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from resilient.testing.servers import EtcdServer, RedisServer

@@ -1,11 +1,16 @@
-"""Test helpers for code that uses `resilient`: real servers on loopback.
+"""Test helpers for code that uses `resilient`: real servers and a steerable upstream.
 
 ``RedisServer`` and ``EtcdServer`` run the real binaries on free loopback
-ports. Importing this package loads only the standard library; redis-py and
+ports; ``Upstream`` is an aiohttp server whose latency and faults a test sets
+at run time (in-process, or in its own process with ``spawn_upstream``).
+
+Importing this package loads only the standard library; aiohttp, redis-py and
 mirakuru are imported by the pieces that use them.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from resilient.testing.servers import (
     EtcdServer,
@@ -14,4 +19,26 @@ from resilient.testing.servers import (
     ServerStartError,
 )
 
-__all__ = ["EtcdServer", "MissingBinaryError", "RedisServer", "ServerStartError"]
+if TYPE_CHECKING:
+    from resilient.testing.upstream import Upstream, UpstreamProcess, spawn_upstream
+
+__all__ = [
+    "EtcdServer",
+    "MissingBinaryError",
+    "RedisServer",
+    "ServerStartError",
+    "Upstream",
+    "UpstreamProcess",
+    "spawn_upstream",
+]
+
+_LAZY = frozenset({"Upstream", "UpstreamProcess", "spawn_upstream"})
+
+
+def __getattr__(name: str) -> Any:
+    # The upstream needs aiohttp; load it on first use only.
+    if name in _LAZY:
+        from resilient.testing import upstream
+
+        return getattr(upstream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -84,9 +84,9 @@ def _free_port(exclude: set[int]) -> int:
 class _Server:
     """A server process in its own temporary directory (the shared lifecycle).
 
-    Subclasses pick ports in ``_pick_ports`` and build the mirakuru executor in
-    ``_executor``; everything about starting, stopping, crashing and cleaning
-    up lives here once.
+    Subclasses build the mirakuru executor in ``_executor`` (and pick more than
+    one port in ``_pick_ports`` if they need to); everything about starting,
+    stopping, crashing and cleaning up lives here once.
     """
 
     _name: ClassVar[str]
@@ -98,16 +98,23 @@ class _Server:
         self._log: IO[str] | None = None
         self._proc: Executor | None = None
         self._ports_fixed = False  # after the first start, restarts reuse the ports
+        self.port = 0  # the (client) port, chosen at the first start
 
     # -- what subclasses provide ------------------------------------------------
 
     def _pick_ports(self, exclude: set[int]) -> set[int]:
-        raise NotImplementedError
+        """Choose free ports (not in ``exclude``) and return the ones taken."""
+        self.port = _free_port(exclude)
+        return {self.port}
 
     def _executor(self, log: IO[str]) -> Executor:
         raise NotImplementedError
 
     # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return HOST
 
     @property
     def pid(self) -> int | None:
@@ -260,7 +267,6 @@ class RedisServer(_Server):
         self._binary = _which(binary, "install Redis (e.g. apt-get install redis-server)")
         super().__init__(start_timeout)
         self._password = password
-        self.port = 0
         self._data = self._root / "data"
         self._data.mkdir(mode=0o700)
         self._conf = self._root / "redis.conf"
@@ -278,10 +284,6 @@ class RedisServer(_Server):
             fh.writelines(lines)
 
     @property
-    def host(self) -> str:
-        return HOST
-
-    @property
     def url(self) -> str:
         """``redis://[:password@]127.0.0.1:PORT/0`` (the password URL-quoted)."""
         auth = "" if self._password is None else f":{quote(self._password, safe='')}@"
@@ -290,10 +292,6 @@ class RedisServer(_Server):
     @property
     def password(self) -> str | None:
         return self._password
-
-    def _pick_ports(self, exclude: set[int]) -> set[int]:
-        self.port = _free_port(exclude)
-        return {self.port}
 
     def _executor(self, log: IO[str]) -> Executor:
         from mirakuru import TCPExecutor
@@ -379,13 +377,8 @@ class EtcdServer(_Server):
         self._binary = _which(binary, hint)
         self._etcdctl_name = etcdctl
         super().__init__(start_timeout)
-        self.port = 0
         self.peer_port = 0
         self._data = self._root / "data"
-
-    @property
-    def host(self) -> str:
-        return HOST
 
     @property
     def endpoint(self) -> str:
