@@ -30,6 +30,8 @@ DEFAULT_HEADER: Final = "x-request-timeout-ms"
 MAX_DIGITS: Final = 12
 
 _DIGITS: Final = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
+_MAX_TEXT: Final = "9" * MAX_DIGITS
+_MAX_SECONDS: Final = int(_MAX_TEXT) / 1000.0
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -69,6 +71,8 @@ def format_ms(seconds: float) -> str:
         return "0"
     if math.isinf(seconds):
         raise ValueError("an infinite budget has no header value")
+    if seconds >= _MAX_SECONDS:
+        return _MAX_TEXT
     # Round to a nanosecond first: 1.001 * 1000.0 is 1000.9999999999999,
     # and a budget read from "1001" must be written back as "1001".
-    return str(min(math.floor(round(seconds * 1000.0, 6)), 10**MAX_DIGITS - 1))
+    return str(math.floor(round(seconds * 1000.0, 6)))
