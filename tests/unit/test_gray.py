@@ -374,7 +374,9 @@ def test_inject_with_a_local_span_writes_a_new_parent_id_and_the_member_first() 
     ):
         headers = inject({})
     ctx = span.get_span_context()
-    assert headers["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+    assert (
+        headers["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    )
     assert ctx.trace_id == parent.trace_id and ctx.span_id != parent.span_id
     assert headers["tracestate"] == "gray=canary,foo=1,bar=2"
     assert headers["x-gray"] == "canary"
