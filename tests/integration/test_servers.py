@@ -6,6 +6,7 @@ clients the library uses (redis-py, aetcd) and through etcdctl.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import aetcd
@@ -16,7 +17,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from resilient.testing.servers import EtcdServer, MissingBinaryError, RedisServer
+from resilient.testing.servers import (
+    EtcdServer,
+    MissingBinaryError,
+    RedisServer,
+    ServerStartError,
+)
 
 
 def _client(server: RedisServer) -> redis.Redis:
@@ -102,6 +108,17 @@ def test_close_removes_the_process_and_the_directory() -> None:
     assert pid is not None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not root.exists()
+
+
+def test_restart_on_a_taken_port_says_so(redis_server: RedisServer) -> None:
+    redis_server.kill()
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((redis_server.host, redis_server.port))
+        squatter.listen()
+        with pytest.raises(ServerStartError, match="already listens on its port"):
+            redis_server.restart()
+    assert redis_server.pid is None
 
 
 def test_missing_binary_is_named() -> None:

@@ -103,6 +103,19 @@ async def test_hang_holds_until_recovered(
     assert upstream.stats().by_mode == {"hang": 1}
 
 
+async def test_changing_a_hang_does_not_release_it(
+    upstream: Upstream, client: aiohttp.ClientSession
+) -> None:
+    upstream.set(hang=1.0)
+    held = asyncio.ensure_future(_get(client, upstream.url))
+    await _until(lambda: upstream.stats().active == 1)
+    upstream.set(hang=0.5, error=0.5)  # still hanging some: the held one stays held
+    await asyncio.sleep(0.1)
+    assert not held.done()
+    upstream.set(error=1.0)  # no hangs: released, and it answers 200
+    assert await asyncio.wait_for(held, 10) == (200, b"ok")
+
+
 async def test_hang_ends_when_the_client_goes_away(
     upstream: Upstream, client: aiohttp.ClientSession
 ) -> None:
@@ -194,6 +207,8 @@ async def test_control_endpoint_validates_strictly(
         async with client.post(control, data=body) as response:
             assert response.status == 400, body
             assert message in (await response.json())["error"], body
+    async with client.post(control, data=b"{" + b" " * 70_000 + b"}") as response:
+        assert response.status == 413
     assert upstream.behaviour == Behaviour()  # nothing changed
     async with client.post(control, json={"error": 1.0, "retry_after": "5"}) as response:
         assert response.status == 200
@@ -218,6 +233,7 @@ def test_only_loopback_hosts() -> None:
     with pytest.raises(ValueError, match="loopback"):
         Upstream(host="0.0.0.0")
     assert main(["--host", "0.0.0.0"]) == 2
+    assert main(["--behaviour", '{"hang": "all"}']) == 2
 
 
 async def test_subprocess_upstream_is_steered_over_http(client: aiohttp.ClientSession) -> None:
@@ -242,7 +258,14 @@ async def test_subprocess_upstream_is_steered_over_http(client: aiohttp.ClientSe
             up._call("POST", "/_control", {"eval": "1"})
         up.reset_stats()
         assert up.hits == 0
+        up.set(hang=1.0)
+        still_held = asyncio.ensure_future(_get(client, f"{up.url}/z"))
+        await _until(lambda: up.stats().active == 1)
         pid = up.pid
+        started = time.monotonic()
+    assert time.monotonic() - started < 3  # SIGTERM drops held requests at once
+    with pytest.raises(aiohttp.ClientError):
+        await asyncio.wait_for(still_held, 10)
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
