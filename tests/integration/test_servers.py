@@ -6,7 +6,10 @@ clients the library uses (redis-py, aetcd) and through etcdctl.
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import aetcd
@@ -167,3 +170,20 @@ def test_session_servers_are_shared_and_running(
     assert etcd_server_session.running
     with _client(redis_server_session) as client:
         assert client.ping()
+
+
+def test_command_line_server_starts_and_stops_on_sigint() -> None:
+    command = [sys.executable, "-m", "resilient.testing", "redis", "--password", "hush"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.startswith("ready: RedisServer(")
+            assert "hush" not in line
+            server_pid = int(line.rsplit("pid ", 1)[1].split(";")[0])
+            child.send_signal(signal.SIGINT)
+            assert child.wait(timeout=30) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+    assert not psutil.pid_exists(server_pid)
