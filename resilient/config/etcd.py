@@ -170,6 +170,10 @@ class EtcdSource:
     def prefix(self) -> str:
         return self._prefix
 
+    def describe(self) -> str:
+        """Where this source's etcd is, for messages: endpoints and user, never the password."""
+        return self._conn.describe()
+
     @property
     def revision(self) -> int | None:
         """The last etcd revision this source has caught up to (``None`` before a load)."""
