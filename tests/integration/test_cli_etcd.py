@@ -159,6 +159,16 @@ def test_a_concurrent_push_is_refused_with_exit_4(etcd_server: EtcdServer, tmp_p
     assert set(etcd_keys(etcd_server)) == {f"{P}/breakers/x"}  # theirs, whole; not merged
 
 
+def test_a_file_too_big_for_one_transaction_is_invalid_input_with_a_hint(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    big = write(tmp_path, "breakers:\n" + "".join(f"  b{i}: {{}}\n" for i in range(130)))
+    code, _, err = cli(etcd_server, "config", "push", str(big))
+    assert code == EXIT_INVALID
+    assert "too many operations" in err and "--max-txn-ops" in err
+    assert etcd_keys(etcd_server) == {}
+
+
 def test_get_warns_about_keys_that_are_not_config(etcd_server: EtcdServer) -> None:
     etcd_server.etcdctl("put", f"{P}/breakers/ok", '{"buckets": 2}')
     etcd_server.etcdctl("put", f"{P}/breakers/broken", "{")

@@ -216,3 +216,9 @@ def test_python_dash_m_resilient_is_the_cli_and_help_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_the_example_config_is_valid() -> None:
+    example = Path(__file__).parents[2] / "examples" / "config.yaml"
+    code, out, err = run("config", "validate", str(example))
+    assert (code, err) == (0, "")

@@ -7,6 +7,7 @@ import math
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
@@ -242,6 +243,40 @@ def test_format_path() -> None:
     assert format_path(("breakers", "a_b", "buckets")) == "breakers.a_b.buckets"
     assert format_path(("breakers", 'x"y', "buckets")) == 'breakers["x\\"y"].buckets'
     assert format_path(("breakers", "a/b")) == 'breakers["a/b"]'
+
+
+# -- the operations doc lists every field -----------------------------------------------------
+
+DOC = Path(__file__).parents[2] / "docs" / "operations" / "config.md"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def field_row(f: Any) -> str:
+    """The row docs/operations/config.md must have for field ``f``."""
+    if f.choices:
+        allowed = " or ".join(f"`{c}`" for c in f.choices)
+    elif f.kind == "boolean":
+        allowed = "`true` or `false`"
+    else:
+        parts = []
+        if f.minimum is not None:
+            parts.append(f"{'>' if f.exclusive_minimum else '>='} {_num(f.minimum)}")
+        if f.maximum is not None:
+            parts.append(f"<= {_num(f.maximum)}")
+        allowed = ", ".join(parts) + (', or `"auto"`' if f.auto else "")
+    return f"| `{f.name}` | {f.kind} | `{json.dumps(f.default)}` | {allowed} | {f.doc} |"
+
+
+def test_the_operations_doc_lists_every_field_as_fields_says() -> None:
+    rows = [line for line in DOC.read_text().splitlines() if line.startswith("| `")]
+    expected = [field_row(f) for f in FIELDS]
+    missing = [row for row in expected if row not in rows]
+    assert not missing, "update the field table in docs/operations/config.md:\n" + "\n".join(
+        expected
+    )
 
 
 def test_import_resilient_config_stays_light() -> None:
