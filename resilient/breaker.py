@@ -293,10 +293,15 @@ class CircuitBreaker:
             if self._state is State.HALF_OPEN:
                 handed_out = old.half_open_calls - self._probes_left
                 self._probes_left = max(0, config.half_open_calls - handed_out)
-            self._fast_until = -math.inf  # judge again at the next call
+            effects: _Effects = []
+            if self._state is State.CLOSED:
+                self._upkeep_locked(now)
+                self._judge_locked(now, effects)  # the new thresholds apply at once
             self._refresh_locked(now)
-        if self._listeners:
+        if self._listeners:  # the cause before its effects
             deliver(self._listeners, ConfigChanged(self.name, old, config, revision))
+        if effects:
+            self._carry_out(effects)
 
     # ------------------------------------------------------------------ decorator
 
@@ -513,7 +518,9 @@ class CircuitBreaker:
                 self._probe_failures += failed
                 self._probe_slow += slow
                 self._judge_probes_locked(ended, effects)
-        elif self._state is State.CLOSED and (failed or slow):
+        elif self._state is State.CLOSED:
+            # Judged at every end off the success path: a failure, a slow call,
+            # or a success that brings a window with failures to minimum_calls.
             self._judge_locked(ended, effects)
         self._refresh_locked(ended)
         return effects

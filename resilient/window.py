@@ -111,20 +111,21 @@ _ZEROS = [0] * KINDS
 class CountWindow:
     """The last ``size`` outcomes.
 
-    A ring of one byte per outcome; totals are counted on demand (in C), which
-    is only done when thresholds are judged, never on the success path.
-    Admission attempts (adaptive mode) are counted as ``REQUESTS`` entries of
-    the same ring, so requests and outcomes share the window's length.
+    A ring of one byte per outcome, and running counts per kind kept as the
+    ring turns (the outcome a new one overwrites is taken off). Admission
+    attempts that were dropped (adaptive mode) are ``REQUESTS`` entries of the
+    same ring, so requests and outcomes share the window's length.
     """
 
-    __slots__ = ("next", "ring", "size")
+    __slots__ = ("counts", "next", "ring", "size")
     timed: Literal[False] = False
 
-    _EMPTY = 255
+    _EMPTY = KINDS  # the kind of a slot not yet written: counted in a spare cell
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.ring = bytearray([self._EMPTY]) * size
+        self.counts = [0] * KINDS + [size]  # the last cell counts empty slots
         self.next = 0
 
     def advance(self, now: float) -> None:
@@ -134,16 +135,18 @@ class CountWindow:
         return math.inf
 
     def add(self, kind: int) -> None:
-        i = self.next
+        i = self.next % self.size
         self.next = i + 1
-        self.ring[i % self.size] = kind
+        counts, ring = self.counts, self.ring
+        counts[ring[i]] -= 1
+        ring[i] = kind
+        counts[kind] += 1
 
     def admitted(self) -> None:
         """Count windows count a request with its outcome, when the call ends."""
 
     def totals(self) -> Totals:
-        ring = self.ring
-        counts = [ring.count(kind) for kind in range(KINDS)]
+        counts = self.counts[:KINDS]
         # Every outcome was also an admission attempt.
         counts[REQUESTS] += counts[SUCCESS] + counts[SLOW_SUCCESS]
         counts[REQUESTS] += counts[FAILURE] + counts[SLOW_FAILURE]

@@ -80,7 +80,7 @@ FIELDS: tuple[Field, ...] = (
         "seconds (time window) or calls (count window)",
         minimum=0,
         exclusive_minimum=True,
-        maximum=86_400,
+        maximum=1_000_000,
     ),
     Field(
         "buckets",
