@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from resilient import deadline as _deadline
-from resilient.adaptive import drop_probability
+from resilient.adaptive import FORCE_PASS, drop_probability
 from resilient.config import BreakerConfig
 from resilient.errors import CircuitOpenError, DeadlineExceeded, RejectedError
 from resilient.events import CallRejected, ConfigChanged, Event, Listener, StateChanged, deliver
@@ -194,6 +194,7 @@ class CircuitBreaker:
         self._running: dict[asyncio.Task[Any], float] | None = {} if config.cancel_on_open else None
         self._cut: set[asyncio.Task[Any]] = set()
         self._fast_until = -math.inf  # see the module docstring
+        self._last_pass = now  # adaptive mode: when a call was last admitted
         with self._lock:
             self._refresh_locked(now)
 
@@ -235,10 +236,7 @@ class CircuitBreaker:
             t = self._window.totals()
             hung = self._flight.old
             calls, slow = t.calls + hung, t.slow + hung
-            cfg = self._config
-            p = 0.0
-            if cfg.mode == "adaptive":
-                p = drop_probability(t.requests, t.accepts, cfg.adaptive_k, cfg.minimum_calls)
+            p = self._drop_probability_locked() if self._config.mode == "adaptive" else 0.0
             return Snapshot(
                 name=self.name,
                 state=self._state,
@@ -546,11 +544,10 @@ class CircuitBreaker:
         if self._state is State.CLOSED:
             cfg = self._config
             if cfg.mode == "adaptive":
-                t = self._window.totals()
-                p = drop_probability(t.requests, t.accepts, cfg.adaptive_k, cfg.minimum_calls)
-                if p > 0.0 and self._rng() < p:
+                if self._throttled_locked(now):
                     self._window.add(REQUESTS)  # a drop is an attempt too
                     return None
+                self._last_pass = now
                 self._window.admitted()
             elif self._judge_locked(now, effects):
                 return None
@@ -591,6 +588,20 @@ class CircuitBreaker:
         if now >= self._fast_until:
             self._window.advance(now)
             self._flight.advance(now)
+
+    def _drop_probability_locked(self) -> float:
+        cfg, window = self._config, self._window
+        t = window.totals()
+        return drop_probability(
+            t.requests, t.accepts, cfg.adaptive_k, cfg.minimum_calls, window.healthy_streak()
+        )
+
+    def _throttled_locked(self, now: float) -> bool:
+        """Adaptive mode: drop this call? (Never when none passed for FORCE_PASS.)"""
+        p = self._drop_probability_locked()
+        if p <= 0.0 or now - self._last_pass >= FORCE_PASS:
+            return False
+        return self._rng() < p
 
     def _judge_locked(self, now: float, effects: _Effects) -> bool:
         """CLOSED: open if the window (with hung calls as slow) crosses a threshold."""

@@ -104,6 +104,17 @@ class TimeWindow:
         counts = self.counts
         return Totals([sum(counts[kind::KINDS]) for kind in range(KINDS)])
 
+    def healthy_streak(self) -> int:
+        """How many of the newest buckets, in a row, saw successes and nothing bad."""
+        counts, n, streak = self.counts, self.buckets, 0
+        for back in range(n):
+            start = ((self.head - back) % n) * KINDS
+            ok, slow_ok, failed, slow_failed, _ = counts[start : start + KINDS]
+            if ok == 0 or slow_ok or failed or slow_failed:
+                break
+            streak += 1
+        return streak
+
 
 _ZEROS = [0] * KINDS
 
@@ -144,6 +155,10 @@ class CountWindow:
 
     def admitted(self) -> None:
         """Count windows count a request with its outcome, when the call ends."""
+
+    def healthy_streak(self) -> int:
+        """Count windows have no buckets to look back over."""
+        return 0
 
     def totals(self) -> Totals:
         counts = self.counts[:KINDS]
