@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 from resilient import BreakerConfig, CircuitBreaker, CircuitOpenError, State
@@ -45,10 +46,8 @@ def test_failures_are_exact_with_threads() -> None:
 
     def worker() -> None:
         for i in range(20_000):
-            try:
+            with contextlib.suppress(OSError):
                 flaky(i)
-            except OSError:
-                pass
 
     threads = [threading.Thread(target=worker) for _ in range(THREADS)]
     for t in threads:
@@ -83,10 +82,8 @@ async def test_exactly_n_probes_with_a_thousand_racing_coroutines() -> None:
     )
     br.force_open()
     br.reset()
-    try:
+    with contextlib.suppress(OSError):
         br(lambda: (_ for _ in ()).throw(OSError()))()
-    except OSError:
-        pass
     assert br.state is State.OPEN
     now[0] = 100.0
     gate = asyncio.Event()
@@ -114,10 +111,8 @@ def test_exactly_n_probes_with_racing_threads() -> None:
         BreakerConfig(window="count", window_size=10, minimum_calls=1, half_open_calls=5),
         clock=lambda: now[0],
     )
-    try:
+    with contextlib.suppress(OSError):
         br(lambda: (_ for _ in ()).throw(OSError()))()
-    except OSError:
-        pass
     now[0] = 100.0
     start = threading.Barrier(16)
     permits = []
