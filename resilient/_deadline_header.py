@@ -73,6 +73,11 @@ def format_ms(seconds: float) -> str:
         raise ValueError("an infinite budget has no header value")
     if seconds >= _MAX_SECONDS:
         return _MAX_TEXT
-    # Round to a nanosecond first: 1.001 * 1000.0 is 1000.9999999999999,
-    # and a budget read from "1001" must be written back as "1001".
-    return str(math.floor(round(seconds * 1000.0, 6)))
+    ms = seconds * 1000.0
+    whole = math.floor(ms)
+    # 1.001 * 1000.0 is 1000.9999999999999, and a budget read from "1001" must
+    # be written back as "1001": a float a rounding error below the next whole
+    # millisecond is that millisecond.
+    if math.isclose(ms, whole + 1, rel_tol=1e-14, abs_tol=1e-6):
+        whole += 1
+    return str(whole)

@@ -16,16 +16,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from resilient.gray._tag import GrayTag
 
 __all__ = ["Inbound", "current", "enter", "leave", "record", "use"]
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """What an inbound middleware learned about one request.
+class Inbound(NamedTuple):
+    """What an inbound middleware learned about one request (immutable).
+
+    A named tuple rather than a frozen dataclass: one is built per gray or
+    traced request, and a tuple is built in a third of the time.
 
     Attributes:
         tag: the gray tag, or ``None`` for stable traffic.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar, Final, TypeAlias
 
 from resilient._deadline_header import check_name
@@ -213,6 +214,10 @@ class PercentageRule:
         return self.value
 
 
+#: Tags are immutable and few (the allow list, or a handful of lanes): building
+#: one per request costs more than the rest of recognition, so they are shared.
+_tag = lru_cache(maxsize=1024)(GrayTag)
+
 Rule: TypeAlias = TracestateRule | HeaderRule | CookieRule | PercentageRule
 _RULE_TYPES: Final = (TracestateRule, HeaderRule, CookieRule, PercentageRule)
 
@@ -328,7 +333,7 @@ class Recognizer:
                 and value not in deny
                 and (allow is None or value in allow)
             ):
-                return GrayTag(value, rule.rule)
+                return _tag(value, rule.rule)
         return None
 
     def __repr__(self) -> str:

@@ -50,6 +50,7 @@ _KEY: Final = re.compile(
     r"[a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13}"
 )
 _VALUE: Final = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+_MEMBER: Final = re.compile(f"({_KEY.pattern})=({_VALUE.pattern})")
 # version-trace_id-parent_id-flags, then (future versions only) "-" and more.
 _TRACEPARENT: Final = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-[\x21-\x7e]*)?"
@@ -103,10 +104,11 @@ def parse_tracestate(values: Iterable[str]) -> Members | None:
             member = raw.strip(_OWS)
             if not member:
                 continue
-            key, eq, value = member.partition("=")
-            if not eq or key in seen or _KEY.fullmatch(key) is None:
+            match = _MEMBER.fullmatch(member)
+            if match is None or len(members) == MAX_MEMBERS:
                 return None
-            if _VALUE.fullmatch(value) is None or len(members) == MAX_MEMBERS:
+            key, value = match.groups()
+            if key in seen:
                 return None
             seen.add(key)
             members.append((key, value))

@@ -1,0 +1,291 @@
+"""GrayMiddleware on a Starlette hello-world: requests/s with and without it, same run.
+
+    python -m bench.gray_asgi [--rounds 5] [--duration 3] [--connections 32]
+                              [--load auto|wrk|aiohttp] [--requests 20000]
+                              [--micro-calls 100000]
+
+End to end: two uvicorn processes (one a plain Starlette hello-world, one the
+same app under ``GrayMiddleware``) on loopback; a bounded load generator
+(``wrk`` for ``--duration`` seconds if installed, else an aiohttp client with
+``--connections`` workers sending ``--requests`` requests) drives each in
+turn, interleaved over ``--rounds`` rounds with the order alternating, for
+stable traffic (no gray headers) and for gray traffic (traceparent,
+tracestate with a gray member, and a deadline header, so the deadline is
+armed). It prints the median requests/s ratio (target >= 0.97) and the
+per-request overhead in microseconds (1/rps difference: the server is one
+process saturated by the load, so this is its extra CPU time per request).
+
+Micro: the same app called directly as ASGI in one event loop, no server, to
+isolate the middleware's own cost per request for each kind of request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+GRAY_HEADERS = {
+    "traceparent": TP,
+    "tracestate": "congo=t61rcWkgMzE,gray=canary,rojo=00f067aa0ba902b7",
+    "x-request-timeout-ms": "5000",
+}
+KINDS = {"stable": {}, "gray": GRAY_HEADERS}
+
+
+def build_app(gray: bool) -> Any:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from resilient.asgi import GrayMiddleware
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello, world")
+
+    middleware = [Middleware(GrayMiddleware)] if gray else []
+    return Starlette(routes=[Route("/", hello)], middleware=middleware)
+
+
+def serve(variant: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        build_app(variant == "gray"),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        ws="none",
+        lifespan="off",
+    )
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(variant: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.gray_asgi", "--serve", variant, "--port", str(port)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"the {variant} server did not start")
+
+
+# -- load generators -------------------------------------------------------------------------
+
+
+def load_wrk(port: int, headers: dict[str, str], duration: int, connections: int) -> float:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run(
+        [*args, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    if match is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    return float(match.group(1))
+
+
+def load_aiohttp(port: int, headers: dict[str, str], requests: int, connections: int) -> float:
+    import aiohttp
+
+    async def run() -> float:
+        url = f"http://127.0.0.1:{port}/"
+        left = requests
+        connector = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+            async def worker() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    async with session.get(url) as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            raise RuntimeError(f"status {resp.status}")
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            return requests / (time.perf_counter() - start)
+
+    return asyncio.run(run())
+
+
+# -- micro: direct ASGI calls ------------------------------------------------------------------
+
+
+def scope_for(headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"user-agent", b"bench"),
+            (b"accept", b"*/*"),
+            *((k.encode(), v.encode()) for k, v in headers.items()),
+        ],
+    }
+
+
+async def receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def send(message: Any) -> None:
+    return None
+
+
+async def bare(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello, world"})
+
+
+def micro(calls: int, rounds: int) -> None:
+    from resilient.asgi import GrayMiddleware
+
+    headers_by_kind = {
+        "no gray headers": {},
+        "x-gray header": {"x-gray": "canary"},
+        "traceparent + tracestate": {k: v for k, v in GRAY_HEADERS.items() if "trace" in k},
+        "tracestate + deadline": GRAY_HEADERS,
+    }
+
+    async def per_call(app: Callable[..., Awaitable[None]], scope: dict[str, Any]) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            await app(scope, receive, send)
+        return (time.perf_counter() - start) / calls
+
+    async def run() -> None:
+        apps = {
+            "bare ASGI app": (bare, GrayMiddleware(bare)),
+            "Starlette hello-world": (build_app(False), build_app(True)),
+        }
+        for title, (plain, gray) in apps.items():
+            print(f"\nmicro, direct ASGI calls into a {title} (best of {rounds} x {calls})")
+            print(f"  {'request':28} {'without':>10} {'with':>10} {'overhead':>10} {'ratio':>7}")
+            for kind, headers in headers_by_kind.items():
+                scope = scope_for(headers)
+                without, with_ = [], []
+                for _ in range(rounds):
+                    without.append(await per_call(plain, scope))
+                    with_.append(await per_call(gray, scope))
+                a, b = min(without), min(with_)
+                print(
+                    f"  {kind:28} {a * 1e6:8.2f}us {b * 1e6:8.2f}us "
+                    f"{(b - a) * 1e6:8.2f}us {a / b:7.3f}"
+                )
+
+    asyncio.run(run())
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--requests", type=int, default=20000, help="requests per aiohttp run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--load", choices=["auto", "wrk", "aiohttp"], default="auto")
+    parser.add_argument("--micro-calls", type=int, default=100_000)
+    parser.add_argument("--serve", choices=["plain", "gray"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return
+
+    micro(args.micro_calls, args.rounds)
+
+    tool = args.load
+    if tool == "auto":
+        tool = "wrk" if shutil.which("wrk") else "aiohttp"
+
+    def load(port: int, headers: dict[str, str]) -> float:
+        if tool == "wrk":
+            return load_wrk(port, headers, args.duration, args.connections)
+        return load_aiohttp(port, headers, args.requests, args.connections)
+
+    servers = {variant: start_server(variant) for variant in ("plain", "gray")}
+    try:
+        for variant in servers:  # warm up both
+            load(servers[variant][1], GRAY_HEADERS)
+        print(
+            f"\nend to end: uvicorn (one process each) + Starlette hello-world, load by {tool}, "
+            f"{args.connections} connections, {args.rounds} interleaved rounds"
+        )
+        print(f"  {'traffic':8} {'plain rps':>10} {'gray rps':>10} {'ratio':>7} {'overhead':>10}")
+        for kind, headers in KINDS.items():
+            rps: dict[str, list[float]] = {"plain": [], "gray": []}
+            ratios = []
+            for i in range(args.rounds):
+                order = ("plain", "gray") if i % 2 == 0 else ("gray", "plain")
+                got = {variant: load(servers[variant][1], headers) for variant in order}
+                for variant, value in got.items():
+                    rps[variant].append(value)
+                ratios.append(got["gray"] / got["plain"])
+            plain, gray = statistics.median(rps["plain"]), statistics.median(rps["gray"])
+            overhead = (1 / gray - 1 / plain) * 1e6
+            print(
+                f"  {kind:8} {plain:10.0f} {gray:10.0f} {statistics.median(ratios):7.3f} "
+                f"{overhead:8.1f}us   ratios per round: " + " ".join(f"{r:.3f}" for r in ratios)
+            )
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+        for proc, _ in servers.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    main()
