@@ -20,6 +20,7 @@ This package imports ``opentelemetry-api`` and nothing heavier.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
+from typing import TypeVar
 
 from resilient._deadline_header import check_name
 from resilient.gray._context import current, use
@@ -59,12 +60,10 @@ __all__ = [
 ]
 
 
-def inject(
-    headers: MutableMapping[str, str],
-    *,
-    header: str = DEFAULT_HEADER,
-    key: str = DEFAULT_KEY,
-) -> MutableMapping[str, str]:
+Headers = TypeVar("Headers", bound=MutableMapping[str, str])
+
+
+def inject(headers: Headers, *, header: str = DEFAULT_HEADER, key: str = DEFAULT_KEY) -> Headers:
     """Write the current gray tag and trace context onto ``headers``; return them.
 
     For clients other than aiohttp (httpx, a gRPC metadata dict, a message's

@@ -35,7 +35,7 @@ from typing import ClassVar, Final, TypeAlias
 from resilient._deadline_header import check_name
 from resilient.errors import ConfigError
 from resilient.gray._context import Inbound
-from resilient.gray._tag import GrayTag, RuleName, is_tag_value
+from resilient.gray._tag import RULE_NAMES, GrayTag, RuleName, is_tag_value
 from resilient.gray._tracestate import is_key, parse_traceparent, parse_tracestate
 
 __all__ = [
@@ -93,8 +93,29 @@ def check_key(field: str, key: object) -> str:
     return key
 
 
+class Rule:
+    """The base of every rule: which headers it reads, and what tag it proposes.
+
+    A rule is immutable and validated when built. ``propose`` runs on every
+    request and must never raise: malformed input proposes ``None``.
+    ``rule`` is the name it gives its tags (``GrayTag.rule``).
+    """
+
+    __slots__ = ()
+    rule: ClassVar[RuleName]
+
+    @property
+    def headers(self) -> frozenset[str]:
+        """The lower-case header names ``propose`` reads."""
+        raise NotImplementedError
+
+    def propose(self, found: Found, members: Mapping[str, str] | None) -> str | None:
+        """A tag value from ``found`` (headers) and ``members`` (a valid tracestate), or None."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, slots=True)
-class TracestateRule:
+class TracestateRule(Rule):
     """Gray when the tracestate has a member ``key`` (default ``gray``) with a tag value.
 
     Args:
@@ -116,7 +137,7 @@ class TracestateRule:
 
 
 @dataclass(frozen=True, slots=True)
-class HeaderRule:
+class HeaderRule(Rule):
     """Gray when the header (default ``x-gray``) holds one tag value.
 
     Args:
@@ -138,7 +159,7 @@ class HeaderRule:
 
 
 @dataclass(frozen=True, slots=True)
-class CookieRule:
+class CookieRule(Rule):
     """Gray when the cookie ``cookie`` holds a tag value.
 
     Args:
@@ -160,7 +181,7 @@ class CookieRule:
 
 
 @dataclass(frozen=True, slots=True)
-class PercentageRule:
+class PercentageRule(Rule):
     """Gray for a stable ``percent`` of the values of a header or cookie.
 
     Args:
@@ -218,8 +239,6 @@ class PercentageRule:
 #: one per request costs more than the rest of recognition, so they are shared.
 _tag = lru_cache(maxsize=1024)(GrayTag)
 
-Rule: TypeAlias = TracestateRule | HeaderRule | CookieRule | PercentageRule
-_RULE_TYPES: Final = (TracestateRule, HeaderRule, CookieRule, PercentageRule)
 
 #: The rules of a middleware built with no ``rules=``: tracestate, then header.
 DEFAULT_RULES: Final[tuple[Rule, ...]] = (TracestateRule(), HeaderRule())
@@ -273,7 +292,7 @@ class Recognizer:
         deny: Iterable[str] = (),
     ) -> None:
         given: object = rules  # checked as the untyped value a user may pass
-        if isinstance(given, (str, bytes, *_RULE_TYPES)) or not isinstance(given, Iterable):
+        if isinstance(given, str | bytes | Rule) or not isinstance(given, Iterable):
             raise ConfigError(
                 f"rules must be a sequence of rule objects, got {rules!r}",
                 field="rules",
@@ -281,10 +300,11 @@ class Recognizer:
             )
         checked = tuple(rules)
         for rule in checked:
-            if not isinstance(rule, _RULE_TYPES):
+            if not isinstance(rule, Rule) or getattr(rule, "rule", None) not in RULE_NAMES:
                 raise ConfigError(
-                    "rules must hold TracestateRule, HeaderRule, CookieRule or "
-                    f"PercentageRule objects, got {rule!r}",
+                    "rules must hold Rule objects (TracestateRule, HeaderRule, CookieRule, "
+                    f"PercentageRule, or a subclass naming one of {sorted(RULE_NAMES)}), "
+                    f"got {rule!r}",
                     field="rules",
                     value=rule,
                 )

@@ -75,7 +75,8 @@ def otel_aiohttp(tracer: Tracer) -> Any:
     async def otel(request: web.Request, handler: Any) -> web.StreamResponse:
         carrier = {k.lower(): request.headers.getall(k) for k in request.headers}
         with tracer.start_as_current_span("hop2", context=extract(carrier), kind=SpanKind.SERVER):
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
+            return response
 
     return otel
 
@@ -229,8 +230,8 @@ async def test_with_an_sdk_each_hop_takes_part_and_puts_the_member_first(rule: s
     assert hop1["tag"] == ["canary", rule]
     # hop 2 recognises the tracestate member that hop 1 wrote, whatever hop 1 read
     assert hop2["tag"] == ["canary", "tracestate"]
-    hop1_span = spans["hop1"].get_span_context()
-    hop2_span = spans["hop2"].get_span_context()
+    hop1_span = spans["hop1"].context
+    hop2_span = spans["hop2"].context
     assert hop2["headers"]["traceparent"].split("-")[1:3] == [TRACE_ID, f"{hop1_span.span_id:016x}"]
     assert echo["headers"]["traceparent"].split("-")[1:3] == [TRACE_ID, f"{hop2_span.span_id:016x}"]
     for hop in (hop2, echo):

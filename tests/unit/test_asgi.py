@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from resilient.deadline import deadline, remaining
 from resilient.errors import ConfigError, DeadlineExceeded
 from resilient.gray import CookieRule, GrayTag, HeaderRule, current, inject
 
-Message = dict[str, Any]
+Message = MutableMapping[str, Any]
 TP = "00-12345678901234567890123456789012-1234567890123456-01"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -21,6 +22,7 @@ from resilient.gray import (
     HeaderRule,
     PercentageRule,
     Recognizer,
+    Rule,
     TracestateRule,
     bucket,
     current,
@@ -276,7 +278,7 @@ async def test_current_follows_the_task_tree_and_never_leaks() -> None:
             leave(token)
 
     results = await asyncio.gather(request(tag), request(None), request(tag))
-    assert results == [(tag, tag), (None, None), (tag, tag)]
+    assert list(results) == [(tag, tag), (None, None), (tag, tag)]
     assert current() is None
 
 
@@ -372,7 +374,7 @@ def test_inject_with_a_local_span_writes_a_new_parent_id_and_the_member_first() 
             "server", context=trace.set_span_in_context(NonRecordingSpan(parent))
         ) as span,
     ):
-        headers = inject({})
+        headers: dict[str, str] = inject({})
     ctx = span.get_span_context()
     assert (
         headers["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
@@ -390,14 +392,14 @@ def test_inject_with_a_local_span_and_no_tag_leaves_the_tracestate_alone() -> No
     with tracer.start_as_current_span(
         "server", context=trace.set_span_in_context(NonRecordingSpan(parent))
     ):
-        headers = inject({})
+        headers: dict[str, str] = inject({})
     assert headers["tracestate"] == "foo=1,gray=denied" and "x-gray" not in headers
 
 
 def test_inject_with_only_a_remote_span_context_forwards_it_unchanged() -> None:
     remote = SpanContext(1, 2, is_remote=True, trace_state=TraceState([("foo", "1")]))
     with request(Inbound(GRAY)), trace.use_span(NonRecordingSpan(remote)):
-        headers = inject({})
+        headers: dict[str, str] = inject({})
     assert headers == {
         "traceparent": f"00-{1:032x}-{2:016x}-00",
         "tracestate": "foo=1",
@@ -431,3 +433,35 @@ def test_inject_validates_its_names() -> None:
         inject({}, header="a b")
     with pytest.raises(ConfigError, match=r"^key must"):
         inject({}, key="Gray")
+
+
+# -- custom rules --------------------------------------------------------------------------
+
+
+class QueryLaneRule(Rule):
+    """A rule of the user's own: the lane a gateway put in a header of its own."""
+
+    __slots__ = ()
+    rule = "header"
+
+    @property
+    def headers(self) -> frozenset[str]:
+        return frozenset({"x-gateway-lane"})
+
+    def propose(self, found: Any, members: Any) -> str | None:
+        values = found.get("x-gateway-lane")
+        return values[0].removeprefix("lane:") if values else None
+
+
+def test_a_subclass_of_rule_is_a_rule() -> None:
+    inbound = Recognizer([QueryLaneRule()]).inspect({"x-gateway-lane": ["lane:canary"]})
+    assert inbound is not None and inbound.tag == GrayTag("canary", "header")
+
+
+def test_a_rule_must_name_a_known_strategy() -> None:
+    class Nameless(QueryLaneRule):
+        __slots__ = ()
+        rule = "guess"  # type: ignore[assignment]
+
+    with pytest.raises(ConfigError, match=r"^rules must hold Rule objects"):
+        Recognizer([Nameless()])
