@@ -402,6 +402,15 @@ def test_without_an_sdk_nothing_is_installed(hub: Hub) -> None:
     h.close()
 
 
+def test_a_disabled_sdk_installs_nothing(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")  # read when a provider is built
+    meters, tracers = MeterProvider(), TracerProvider()
+    br = hub.breaker("dep")
+    with instrument(hub, meter_provider=meters, tracer_provider=tracers) as h:
+        assert not h.recording
+        assert observers(br) == 0 and br._listeners == ()
+
+
 def test_the_default_hub_is_the_default() -> None:
     with instrument(meter_provider=NoOpMeterProvider(), tracer_provider=NoOpTracerProvider()) as h:
         assert h.hub is default_hub()
