@@ -79,6 +79,11 @@ class deadline:
         """Whether this scope's timer has fired (its budget ran out while awaiting)."""
         return self._timeout is not None and self._timeout.expired()
 
+    @property
+    def armed(self) -> bool:
+        """Whether this scope armed a timer (async enter, tighter than the one in force)."""
+        return self._timeout is not None
+
     def budget_at(self, started_at: float) -> float:
         """The budget a call started at ``started_at`` (this scope's clock) had left."""
         return self.expires_at - started_at

@@ -62,7 +62,7 @@ def _armed(scope: _Deadline) -> bool:
 
     A scope entered with plain ``with`` (sync) inside async code arms none.
     """
-    return scope._timeout is not None
+    return scope.armed
 
 
 class _Expiry:
