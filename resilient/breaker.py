@@ -56,6 +56,7 @@ from resilient.adaptive import FORCE_PASS, drop_probability
 from resilient.config import BreakerConfig
 from resilient.errors import CircuitOpenError, DeadlineExceeded, RejectedError
 from resilient.events import CallRejected, ConfigChanged, Event, Listener, StateChanged, deliver
+from resilient.fleet import FleetLink, FleetView, Outbox, StoreLink
 from resilient.latency import AutoSlow, SlowThreshold
 from resilient.state import State
 from resilient.window import (
@@ -121,6 +122,7 @@ class Snapshot:
     requests: int
     trips: int
     drop_probability: float
+    degraded: bool = False  # a shared store is unreachable: deciding on local state
 
 
 class CircuitBreaker:
@@ -195,6 +197,9 @@ class CircuitBreaker:
         self._cut: set[asyncio.Task[Any]] = set()
         self._fast_until = -math.inf  # see the module docstring
         self._last_pass = now  # adaptive mode: when a call was last admitted
+        self._fleet: FleetLink | None = None  # set when a store shares this breaker
+        #: the hub's namespace, for stores (None outside a hub)
+        self.namespace: str | None = None
         with self._lock:
             self._refresh_locked(now)
 
@@ -250,6 +255,7 @@ class CircuitBreaker:
                 requests=t.requests,
                 trips=self._trips,
                 drop_probability=p,
+                degraded=self._fleet is not None and self._fleet.degraded,
             )
 
     def force_open(self) -> None:
@@ -280,8 +286,7 @@ class CircuitBreaker:
                 return
             self._config = config
             if config.window_shape() != old.window_shape():
-                self._window = _new_window(config)
-                self._window.advance(now)
+                self._fresh_window_locked(now)
             if config.slow_call_duration != old.slow_call_duration:
                 self._slow = SlowThreshold(config.slow_call_duration, self._auto_slow)
                 self._slow_seconds = self._slow.seconds
@@ -300,6 +305,125 @@ class CircuitBreaker:
             deliver(self._listeners, ConfigChanged(self.name, old, config, revision))
         if effects:
             self._carry_out(effects)
+
+    # ------------------------------------------------------------------ store seam
+
+    def link_store(self, link: StoreLink) -> None:
+        """Share this breaker through a store (called by the store's ``attach``)."""
+        with self._lock:
+            self._fleet = FleetLink(link)
+
+    def sync_out(self) -> Outbox | None:
+        """What to send the store now (counts, probe outcomes, requests), or None."""
+        now = self._clock()
+        with self._lock:
+            fleet = self._fleet
+            if fleet is None:
+                return None
+            self._upkeep_locked(now)
+            window, cfg = self._window, self._config
+            deltas: tuple[tuple[int, int, int, int, int], ...] = ()
+            if isinstance(window, TimeWindow):
+                deltas = tuple((age, d[0], d[1], d[2], d[3]) for age, d in fleet.unsent(window))
+            probes = (
+                (
+                    self._probe_calls - fleet.probe_calls,
+                    self._probe_failures - fleet.probe_failures,
+                    self._probe_slow - fleet.probe_slow,
+                )
+                if fleet.round
+                else (0, 0, 0)
+            )
+            if not (deltas or any(probes) or fleet.tokens_wanted or fleet.manual or fleet.trip):
+                return None
+            box = Outbox(
+                name=self.name,
+                window_width=window.width if isinstance(window, TimeWindow) else 0.0,
+                buckets=window.buckets if isinstance(window, TimeWindow) else 0,
+                deltas=deltas,
+                probe_calls=probes[0],
+                probe_failures=probes[1],
+                probe_slow=probes[2],
+                probe_generation=fleet.generation,
+                tokens_wanted=fleet.tokens_wanted,
+                manual=fleet.manual,
+                trip=fleet.trip,
+                config=cfg,
+                jitter=JITTER * (2.0 * self._rng() - 1.0),
+            )
+            if isinstance(window, TimeWindow):
+                fleet.mark_sent(window)
+                fleet.sent_head = window.head
+            fleet.probe_calls += probes[0]
+            fleet.probe_failures += probes[1]
+            fleet.probe_slow += probes[2]
+            fleet.manual = fleet.trip = None
+            return box
+
+    def sync_in(self, view: FleetView) -> None:
+        """Apply the fleet's answer (or a published transition)."""
+        now = self._clock()
+        effects: _Effects = []
+        with self._lock:
+            fleet = self._fleet
+            if fleet is None:
+                return
+            fleet.degraded = False
+            fleet.calls, fleet.failures, fleet.slow = view.calls, view.failures, view.slow
+            if view.generation != fleet.generation:
+                fleet.generation = view.generation
+                self._adopt_locked(view, now, effects)
+            if view.tokens and self._state is State.HALF_OPEN and fleet.round:
+                self._probes_left += view.tokens
+                fleet.tokens_wanted = max(0, fleet.tokens_wanted - view.tokens)
+            self._refresh_locked(now)
+        self._carry_out(effects)
+
+    def sync_failed(self, outbox: Outbox | None = None) -> None:
+        """The store could not be reached: decide on local state until it answers again.
+
+        ``outbox`` (what could not be sent) is kept, to be sent at the next sync.
+        """
+        with self._lock:
+            fleet = self._fleet
+            if fleet is None:
+                return
+            if outbox is not None:
+                fleet.unmark(outbox, fleet.sent_head)
+            if not fleet.degraded and self._state is State.HALF_OPEN and fleet.round:
+                # No fleet to grant permits: probe locally so half-open cannot stick.
+                handed_out = len(self._probes) + self._probe_calls
+                self._probes_left = max(0, self._config.half_open_calls - handed_out)
+                fleet.tokens_wanted = 0
+            fleet.degraded = True
+
+    def _adopt_locked(self, view: FleetView, now: float, effects: _Effects) -> None:
+        """Take a fleet transition for this process (its own local trips stand)."""
+        fleet = self._fleet
+        assert fleet is not None
+        state = State(view.state)
+        reason = "fleet"
+        if state is State.OPEN and view.open_until is not None:
+            if self._state is State.CLOSED or fleet.round or self._state is State.HALF_OPEN:
+                self._trips = view.trips
+                left = max(0.0, view.open_until - view.now)
+                self._open_for_locked(left, "the fleet opened", now, effects)
+                fleet.round = True
+        elif state is State.HALF_OPEN:
+            if self._state in (State.OPEN, State.CLOSED) and (
+                fleet.round or self._state is State.CLOSED
+            ):
+                fleet.round = True
+                self._transition_locked(State.HALF_OPEN, "the fleet is probing", now, effects)
+        elif state is State.CLOSED:
+            if (fleet.round and self._state in (State.OPEN, State.HALF_OPEN)) or (
+                self._state in (State.FORCED_OPEN, State.DISABLED)
+            ):
+                self._trips = 0
+                self._fresh_window_locked(now)
+                self._transition_locked(State.CLOSED, "the fleet closed", now, effects)
+        elif state is not self._state:
+            self._transition_locked(state, f"{reason}: {state.value}", now, effects)
 
     # ------------------------------------------------------------------ decorator
 
@@ -610,19 +734,34 @@ class CircuitBreaker:
             return False
         t = self._window.totals()
         hung = self._flight.old
-        calls = t.calls + hung
-        if calls < cfg.count_window_minimum or calls == 0:
+        reason = self._crossing(t.calls + hung, t.failures, t.slow + hung)
+        if reason is not None:
+            self._open_locked(reason, now, effects)  # our own window: this process alone
+            return True
+        fleet, window = self._fleet, self._window
+        if fleet is None or fleet.degraded or not isinstance(window, TimeWindow):
             return False
-        failure_rate = t.failures / calls
-        slow_rate = (t.slow + hung) / calls
-        if failure_rate >= cfg.failure_rate_threshold:
-            reason = f"failure rate {failure_rate:.0%} >= {cfg.failure_rate_threshold:.0%}"
-        elif slow_rate >= cfg.slow_call_rate_threshold:
-            reason = f"slow-call rate {slow_rate:.0%} >= {cfg.slow_call_rate_threshold:.0%}"
-        else:
+        calls, failures, slow = fleet.combined(window)
+        reason = self._crossing(calls + hung, failures, slow + hung)
+        if reason is None:
             return False
-        self._open_locked(reason, now, effects)
+        # The fleet's window crossed: ask the store to open the fleet at once
+        # (decided there, atomically), and open here without waiting for it.
+        fleet.trip = f"fleet {reason}"
+        self._open_locked(fleet.trip, now, effects, fleet_round=True)
+        effects.append(fleet)
         return True
+
+    def _crossing(self, calls: int, failures: int, slow: int) -> str | None:
+        """Why these counts open the breaker, or None."""
+        cfg = self._config
+        if calls < cfg.count_window_minimum or calls == 0:
+            return None
+        if failures / calls >= cfg.failure_rate_threshold:
+            return f"failure rate {failures / calls:.0%} >= {cfg.failure_rate_threshold:.0%}"
+        if slow / calls >= cfg.slow_call_rate_threshold:
+            return f"slow-call rate {slow / calls:.0%} >= {cfg.slow_call_rate_threshold:.0%}"
+        return None
 
     def _judge_probes_locked(self, now: float, effects: _Effects) -> None:
         """HALF_OPEN: decide as soon as the verdict is certain.
@@ -638,6 +777,11 @@ class CircuitBreaker:
                 del self._probes[serial]
                 self._probe_calls += 1
                 self._probe_slow += 1
+        fleet = self._fleet
+        if fleet is not None and fleet.round and not fleet.degraded:
+            if self._probe_calls != fleet.probe_calls:
+                effects.append(fleet)  # the fleet's verdict, not ours: send the outcomes
+            return
         cfg = self._config
         n = cfg.half_open_calls
         undecided = n - self._probe_calls
@@ -650,16 +794,21 @@ class CircuitBreaker:
             slow + undecided
         ) / n < cfg.slow_call_rate_threshold:
             self._trips = 0
-            self._window = _new_window(cfg)
-            self._window.advance(now)
+            self._fresh_window_locked(now)
             self._transition_locked(State.CLOSED, "probes succeeded", now, effects)
 
-    def _open_locked(self, reason: str, now: float, effects: _Effects) -> None:
+    def _open_locked(
+        self, reason: str, now: float, effects: _Effects, *, fleet_round: bool = False
+    ) -> None:
         cfg = self._config
         self._trips += 1
         duration = cfg.open_duration * cfg.open_backoff ** (self._trips - 1)
         duration *= 1.0 + JITTER * (2.0 * self._rng() - 1.0)  # jitter before the cap
-        duration = min(duration, cfg.open_duration_max)
+        self._open_for_locked(min(duration, cfg.open_duration_max), reason, now, effects)
+        if self._fleet is not None:
+            self._fleet.round = fleet_round
+
+    def _open_for_locked(self, duration: float, reason: str, now: float, effects: _Effects) -> None:
         self._open_until = now + duration
         self._open_until_wall = self._wall() + duration
         self._transition_locked(State.OPEN, reason, now, effects)
@@ -673,6 +822,16 @@ class CircuitBreaker:
         self._probes.clear()
         self._probe_calls = self._probe_failures = self._probe_slow = 0
         self._probes_left = self._config.half_open_calls if new is State.HALF_OPEN else 0
+        fleet = self._fleet
+        if fleet is not None:
+            fleet.probe_calls = fleet.probe_failures = fleet.probe_slow = 0
+            fleet.tokens_wanted = 0
+            if new is State.HALF_OPEN and fleet.round and not fleet.degraded:
+                # The fleet admits half_open_calls probes in all: ask it for permits.
+                fleet.tokens_wanted, self._probes_left = self._probes_left, 0
+                effects.append(fleet)
+            elif new is State.CLOSED:
+                fleet.round = False
         if new is not State.OPEN:
             self._open_until = -math.inf
             self._open_until_wall = None
@@ -680,6 +839,13 @@ class CircuitBreaker:
         self._refresh_locked(now)
         if self._listeners and new is not old:
             effects.append(StateChanged(self.name, old, new, reason, self._wall()))
+
+    def _fresh_window_locked(self, now: float) -> None:
+        """Start an empty window (of the config in force); nothing of it is unsent."""
+        self._window = window = _new_window(self._config)
+        window.advance(now)
+        if self._fleet is not None and isinstance(window, TimeWindow):
+            self._fleet.mark_sent(window)
 
     def _refresh_locked(self, now: float) -> None:
         """Recompute how long the success path may skip the lock."""
@@ -709,22 +875,26 @@ class CircuitBreaker:
         with self._lock:
             if state is State.CLOSED:
                 self._trips = 0
-                self._window = _new_window(self._config)
-                self._window.advance(now)
+                self._fresh_window_locked(now)
             self._transition_locked(state, reason, now, effects)
             if state is State.CLOSED and not effects and self._listeners:
                 effects.append(StateChanged(self.name, state, state, reason, self._wall()))
+            if self._fleet is not None:
+                self._fleet.manual = state.value  # manual states apply fleet-wide
+                effects.append(self._fleet)
         self._carry_out(effects)
 
     # ------------------------------------------------------------------ effects
 
     def _carry_out(self, effects: _Effects) -> None:
         """Deliver events and cut late calls, outside the lock."""
-        events = [e for e in effects if not isinstance(e, asyncio.Task)]
-        for task in effects:
-            if isinstance(task, asyncio.Task) and not task.done():
-                self._cut.add(task)
-                _cancel_soon(task)
+        events = [e for e in effects if not isinstance(e, asyncio.Task | FleetLink)]
+        for effect in effects:
+            if isinstance(effect, asyncio.Task) and not effect.done():
+                self._cut.add(effect)
+                _cancel_soon(effect)
+        if any(isinstance(effect, FleetLink) for effect in effects) and self._fleet is not None:
+            self._fleet.store.wake()
         if events and self._listeners:
             for event in events:
                 deliver(self._listeners, event)
@@ -746,7 +916,7 @@ class CircuitBreaker:
         return f"<CircuitBreaker {self.name!r} {self._state.value}>"
 
 
-_Effects = list[Event | asyncio.Task[Any]]
+_Effects = list[Event | asyncio.Task[Any] | FleetLink]  # FleetLink: wake the store
 
 
 def _new_window(config: BreakerConfig) -> TimeWindow | CountWindow:

@@ -138,6 +138,7 @@ class Hub:
             br = CircuitBreaker(
                 name, config, clock=self._clock, wall=self._wall, rng=self._rng, **kwargs
             )
+            br.namespace = self.namespace
             for listener in self._listeners:
                 br.add_listener(listener)
             if self.store is not None:

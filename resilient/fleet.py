@@ -1,0 +1,164 @@
+"""What a breaker shares with a fleet through a store (Redis): the seam's data.
+
+A store syncs each breaker at most once per interval: ``breaker.sync_out()``
+gives an ``Outbox`` (its counts since the last sync, by bucket age, its probe
+outcomes, what it asks of the fleet), the store runs one atomic script, and
+``breaker.sync_in(view)`` applies the ``FleetView`` it answers with. The hot
+path never waits for any of this: between syncs a breaker judges with the last
+fleet view plus its own unsent counts.
+
+Two kinds of opening are kept apart. A *fleet* trip (the fleet's combined
+window crossing a threshold) is asked of the store at once (``link.wake()``),
+decided atomically there so exactly one process opens the fleet, and published
+to every process. A *local* trip (this process's own window crossing) opens
+this process alone and is not published: a local fault is not hidden by a
+healthy fleet, and one bad process does not trip everyone.
+
+``FleetLink`` is the breaker's companion for this: plain state, read and
+changed only under the breaker's lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from resilient.window import KINDS, SLOW_FAILURE, TimeWindow
+
+if TYPE_CHECKING:
+    from resilient.config import BreakerConfig
+
+__all__ = ["FleetLink", "FleetView", "Outbox", "StoreLink"]
+
+_OUTCOMES = SLOW_FAILURE + 1  # success, slow success, failure, slow failure: a bucket's first cells
+
+
+class StoreLink(Protocol):
+    """What a breaker may ask of its store."""
+
+    def wake(self) -> None:
+        """Sync this breaker soon (thread-safe, never blocks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """What a breaker sends its store at one sync (see docs/formats.md)."""
+
+    name: str
+    window_width: float  # seconds per bucket; 0.0 for count windows (state only)
+    buckets: int
+    deltas: tuple[tuple[int, int, int, int, int], ...]  # (age, ok, slow_ok, failed, slow_failed)
+    probe_calls: int
+    probe_failures: int
+    probe_slow: int
+    probe_generation: int
+    tokens_wanted: int
+    manual: str | None
+    trip: str | None
+    config: BreakerConfig
+    jitter: float
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """The fleet's state and window, as the store answered (epoch times)."""
+
+    state: str
+    open_until: float | None
+    now: float
+    trips: int
+    generation: int
+    calls: int
+    failures: int
+    slow: int
+    tokens: int = 0
+
+
+class FleetLink:
+    """A breaker's side of its store: what was sent, what the fleet said.
+
+    Every method assumes the breaker's lock is held.
+    """
+
+    __slots__ = (
+        "calls",
+        "degraded",
+        "failures",
+        "generation",
+        "manual",
+        "probe_calls",
+        "probe_failures",
+        "probe_slow",
+        "round",
+        "sent",
+        "sent_head",
+        "slow",
+        "store",
+        "tokens_wanted",
+        "trip",
+    )
+
+    def __init__(self, store: StoreLink) -> None:
+        self.store = store
+        self.degraded = False
+        self.generation = -1  # the last fleet transition applied here
+        self.round = False  # this OPEN / HALF_OPEN episode is the fleet's, not ours alone
+        # The fleet window as last answered (our own sent counts included).
+        self.calls = self.failures = self.slow = 0
+        # Sent counts per absolute bucket number, to send only what is new.
+        self.sent: dict[int, list[int]] = {}
+        self.sent_head = 0  # the window's head at the last sync_out
+        # Asked of the fleet at the next sync.
+        self.manual: str | None = None
+        self.trip: str | None = None
+        self.tokens_wanted = 0
+        # Probe outcomes of the fleet's round already sent (the breaker keeps the totals).
+        self.probe_calls = self.probe_failures = self.probe_slow = 0
+
+    @property
+    def active(self) -> bool:
+        """Does the fleet decide now (store reachable)?"""
+        return not self.degraded
+
+    def unsent(self, window: TimeWindow) -> list[tuple[int, list[int]]]:
+        """Counts added since the last sync, per live bucket: (age, [4 outcome counts])."""
+        out = []
+        counts, n = window.counts, window.buckets
+        for age in range(n):
+            number = window.head - age
+            start = (number % n) * KINDS
+            now = counts[start : start + _OUTCOMES]
+            before = self.sent.get(number)
+            delta = now if before is None else [a - b for a, b in zip(now, before, strict=True)]
+            if any(delta):
+                out.append((age, delta))
+        return out
+
+    def mark_sent(self, window: TimeWindow) -> None:
+        counts, n = window.counts, window.buckets
+        live = range(window.head - n + 1, window.head + 1)
+        self.sent = {
+            number: counts[(number % n) * KINDS : (number % n) * KINDS + _OUTCOMES]
+            for number in live
+        }
+
+    def unmark(self, outbox: Outbox, head: int) -> None:
+        """A sync failed: take its counts off what was sent, to send them again."""
+        for age, *delta in outbox.deltas:
+            sent = self.sent.get(head - age)
+            if sent is not None:
+                self.sent[head - age] = [a - b for a, b in zip(sent, delta, strict=True)]
+        self.manual = self.manual or outbox.manual
+        self.trip = self.trip or outbox.trip
+        self.probe_calls -= outbox.probe_calls
+        self.probe_failures -= outbox.probe_failures
+        self.probe_slow -= outbox.probe_slow
+
+    def combined(self, window: TimeWindow) -> tuple[int, int, int]:
+        """The fleet's window now, as best known: its last answer plus our unsent counts."""
+        calls, failures, slow = self.calls, self.failures, self.slow
+        for _, (ok, slow_ok, failed, slow_failed) in self.unsent(window):
+            calls += ok + slow_ok + failed + slow_failed
+            failures += failed + slow_failed
+            slow += slow_ok + slow_failed
+        return calls, failures, slow

@@ -1,0 +1,174 @@
+"""The breaker's side of the store seam: what it sends, what it adopts, how it degrades."""
+
+from __future__ import annotations
+
+import pytest
+
+from resilient import BreakerConfig, CircuitBreaker, CircuitOpenError, State
+from resilient.fleet import FleetView
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Link:
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+def linked(clock: Clock, **fields: object) -> tuple[CircuitBreaker, Link]:
+    cfg = {"minimum_calls": 10, "window_size": 10, "buckets": 10, "half_open_calls": 2}
+    cfg.update(fields)
+    br = CircuitBreaker("shared", BreakerConfig(**cfg), clock=clock, rng=lambda: 0.5)  # type: ignore[arg-type]
+    link = Link()
+    br.link_store(link)
+    return br, link
+
+
+def view(state: str = "closed", generation: int = 0, **kw: object) -> FleetView:
+    base: dict[str, object] = {
+        "state": state,
+        "open_until": None,
+        "now": 1_000.0,
+        "trips": 0,
+        "generation": generation,
+        "calls": 0,
+        "failures": 0,
+        "slow": 0,
+        "tokens": 0,
+    }
+    base.update(kw)
+    return FleetView(**base)  # type: ignore[arg-type]
+
+
+def test_sync_out_sends_each_count_once_by_bucket_age() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    assert br.sync_out() is None  # nothing to say
+    for _ in range(3):
+        br.acquire().success()
+    br.acquire().failure()
+    box = br.sync_out()
+    assert box is not None
+    assert box.deltas == ((0, 3, 0, 1, 0),)
+    assert box.window_width == pytest.approx(1.0)
+    assert br.sync_out() is None  # already sent
+    clock.now += 1.0
+    br.acquire().success()
+    box = br.sync_out()
+    assert box is not None and box.deltas == ((0, 1, 0, 0, 0),)
+
+
+def test_failed_sync_keeps_its_counts_for_the_next() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    br.acquire().failure()
+    box = br.sync_out()
+    br.sync_failed(box)
+    assert br.snapshot().degraded
+    again = br.sync_out()
+    assert again is not None and again.deltas == ((0, 0, 0, 1, 0),)
+    br.sync_in(view())
+    assert not br.snapshot().degraded
+
+
+def test_local_trip_is_not_asked_of_the_fleet() -> None:
+    clock = Clock()
+    br, link = linked(clock)
+    for _ in range(10):
+        br.acquire().failure()
+    assert br.state is State.OPEN
+    box = br.sync_out()
+    assert box is not None and box.trip is None
+    assert link.wakes == 0
+
+
+def test_fleet_crossing_opens_here_and_asks_the_fleet_at_once() -> None:
+    clock = Clock()
+    br, link = linked(clock)
+    br.sync_in(view(calls=40, failures=19))  # the fleet is at 47.5%
+    br.acquire().failure()  # 41 calls, 20 failures: 48.8%
+    assert br.state is State.CLOSED
+    br.acquire().failure()  # 42 calls, 21 failures: 50%
+    assert br.state is State.OPEN
+    assert link.wakes == 1
+    box = br.sync_out()
+    assert box is not None and box.trip is not None and "fleet" in box.trip
+
+
+def test_adopts_fleet_open_with_its_open_until_then_fleet_close() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    br.sync_in(view("open", generation=1, open_until=1_004.0, now=1_000.0, trips=2))
+    assert br.state is State.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        br.acquire()
+    assert info.value.retry_after == pytest.approx(4.0)
+    assert br.snapshot().trips == 2
+    br.sync_in(view("closed", generation=2))
+    assert br.state is State.CLOSED
+
+
+def test_fleet_half_open_admits_only_granted_probes() -> None:
+    clock = Clock()
+    br, link = linked(clock)
+    br.sync_in(view("open", generation=1, open_until=1_001.0, now=1_000.0))
+    clock.now += 1.5
+    with pytest.raises(CircuitOpenError):
+        br.acquire()  # HALF_OPEN now, but no permit granted yet
+    assert br.state is State.HALF_OPEN
+    box = br.sync_out()
+    assert box is not None and box.tokens_wanted == 2
+    br.sync_in(view("half_open", generation=1, tokens=1))
+    probe = br.acquire()
+    with pytest.raises(CircuitOpenError):
+        br.acquire()
+    probe.success()
+    assert br.state is State.HALF_OPEN  # the fleet decides, not this process
+    box = br.sync_out()
+    assert box is not None and (box.probe_calls, box.probe_failures) == (1, 0)
+    assert link.wakes >= 2
+
+
+def test_half_open_does_not_stick_when_the_store_goes_away() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    br.sync_in(view("open", generation=1, open_until=1_001.0, now=1_000.0))
+    clock.now += 1.5
+    with pytest.raises(CircuitOpenError):
+        br.acquire()
+    br.sync_failed()
+    first, second = br.acquire(), br.acquire()  # probing locally now
+    first.success()
+    second.success()
+    assert br.state is State.CLOSED
+
+
+def test_manual_states_are_sent_fleet_wide_and_adopted() -> None:
+    clock = Clock()
+    br, link = linked(clock)
+    br.force_open()
+    box = br.sync_out()
+    assert box is not None and box.manual == "forced_open" and link.wakes == 1
+    other, _ = linked(clock)
+    other.sync_in(view("forced_open", generation=3))
+    assert other.state is State.FORCED_OPEN
+    other.sync_in(view("closed", generation=4))
+    assert other.state is State.CLOSED
+
+
+def test_local_open_stands_when_fleet_says_closed() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    for _ in range(10):
+        br.acquire().failure()
+    br.sync_in(view("closed", generation=5, calls=1000, failures=10))
+    assert br.state is State.OPEN  # our own fault, not hidden by a healthy fleet
