@@ -488,6 +488,8 @@ class CircuitBreaker:
                 flight.counts[ticket % RING] += 1
             else:
                 ticket = self._admit(now)
+            # A probe is judged slow by a timer if it hangs: nobody else may call.
+            watch = self._watch_probe() if ticket <= _PROBE else None
             running = self._running
             if running is not None:
                 task = asyncio.current_task()
@@ -496,6 +498,8 @@ class CircuitBreaker:
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
+                if watch is not None:
+                    watch.cancel()
                 if running is not None:
                     self._forget_task(running)
                     if isinstance(exc, asyncio.CancelledError) and self._was_cut():
@@ -503,6 +507,8 @@ class CircuitBreaker:
                         raise self._rejection(clock(), "cut: the circuit opened") from None
                 self._settle_error(ticket, now, exc)
                 raise
+            if watch is not None:
+                watch.cancel()
             if running is not None:
                 self._forget_task(running)
             end = clock()
@@ -525,6 +531,18 @@ class CircuitBreaker:
             return result
 
         return call
+
+    def _watch_probe(self) -> asyncio.TimerHandle:
+        # Just past the limit, so the probe is old enough when the timer runs.
+        delay = self._slow_seconds * 1.01
+        return asyncio.get_running_loop().call_later(delay, self._judge_probes_now)
+
+    def _judge_probes_now(self) -> None:
+        now = self._clock()
+        effects: _Effects = []
+        with self._lock:
+            self._judge_probes_locked(now, effects)
+        self._carry_out(effects)
 
     # ------------------------------------------------------------------ context managers
 
@@ -772,11 +790,13 @@ class CircuitBreaker:
         if self._state is not State.HALF_OPEN:
             return
         limit = now - self._slow.seconds
-        for serial, started in list(self._probes.items()):
-            if started <= limit:
-                del self._probes[serial]
-                self._probe_calls += 1
-                self._probe_slow += 1
+        hung = [serial for serial, started in self._probes.items() if started <= limit]
+        for serial in hung:
+            del self._probes[serial]
+            self._probe_calls += 1
+            self._probe_slow += 1
+        if hung and self._running:  # cancel_on_open: a probe judged slow fails fast
+            effects.extend(task for task, started in self._running.items() if started <= limit)
         fleet = self._fleet
         if fleet is not None and fleet.round and not fleet.degraded:
             if self._probe_calls != fleet.probe_calls:
@@ -890,7 +910,8 @@ class CircuitBreaker:
         """Deliver events and cut late calls, outside the lock."""
         events = [e for e in effects if not isinstance(e, asyncio.Task | FleetLink)]
         for effect in effects:
-            if isinstance(effect, asyncio.Task) and not effect.done():
+            # A task may be listed twice (judged slow, then cut on opening): cut once.
+            if isinstance(effect, asyncio.Task) and not effect.done() and effect not in self._cut:
                 self._cut.add(effect)
                 _cancel_soon(effect)
         if any(isinstance(effect, FleetLink) for effect in effects) and self._fleet is not None:

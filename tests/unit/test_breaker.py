@@ -647,3 +647,31 @@ async def test_cancel_on_open_cuts_calls_already_past_slow_limit() -> None:
     assert not young.done()  # younger than the slow limit: left alone
     gate.set()
     await young
+
+
+async def test_hung_async_probe_is_judged_by_a_timer_and_cut() -> None:
+    br = CircuitBreaker(
+        "probe-timer",
+        BreakerConfig(
+            window="count",
+            window_size=4,
+            minimum_calls=1,
+            half_open_calls=1,
+            slow_call_duration=0.02,
+            open_duration=0.01,
+            cancel_on_open=True,
+        ),
+    )
+    run(br, boom)
+    assert br.state is State.OPEN
+    await asyncio.sleep(0.02)  # the open duration (at most 11 ms) has passed
+
+    @br
+    async def hang() -> None:
+        await asyncio.sleep(10)
+
+    # No other caller comes: the probe's own timer judges it slow, reopens the
+    # breaker and cuts it instead of leaving it to hang for 10 s.
+    with pytest.raises(CircuitOpenError):
+        await asyncio.wait_for(hang(), timeout=5)
+    assert br.state is State.OPEN
