@@ -45,6 +45,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ class CircuitBreaker:
         self._flight = InFlight(self._slow.seconds, now)
         # cancel_on_open: running async calls (task -> start) and the ones we cut.
         self._running: dict[asyncio.Task[Any], float] | None = {} if config.cancel_on_open else None
-        self._cut: set[asyncio.Task[Any]] = set()
+        self._cut: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # never pins a task
         self._fast_until = -math.inf  # see the module docstring
         self._last_pass = now  # adaptive mode: when a call was last admitted
         self._fleet: FleetLink | None = None  # set when a store shares this breaker
