@@ -1,0 +1,357 @@
+"""Per-host circuit breakers for aiohttp, as a client middleware.
+
+One idea: stop sending to a host that is down, and find out quickly when it is back.
+
+Each request goes through the breaker of its host, named ``host:port`` (the
+key an operator writes under ``<prefix>/breakers/`` in etcd), or of its
+route (``host:port/path``) with ``per="route"``. The breakers live in a
+``Hub`` (the default hub if none is given), so their state can be shared
+through Redis and their thresholds steered from etcd like any other.
+
+What counts (``classify``): connection errors and timeouts are failures;
+responses with a 5xx status or 429 are failures but are *returned*, as
+aiohttp returns them, never raised; every other response, 4xx included, is a
+success (the host answered; the request was wrong). A rejected request
+raises ``HostCircuitOpenError``, which is both a ``CircuitOpenError`` and an
+``aiohttp.ClientConnectionError`` (so ``except aiohttp.ClientError`` still
+catches it), and opens no connection.
+
+The HTTP layer's breakers have defaults of their own (``HTTP_DEFAULTS``),
+chosen for the way HTTP dependencies fail, and documented in
+docs/guides/http.md:
+
+- a count window of the last 10 calls: the trip needs a fixed number of
+  outcomes whatever the request rate, so the number of requests sent into an
+  outage before the trip is bounded too;
+- ``slow_call_rate_threshold=1.0`` with ``slow_call_duration="auto"``: the
+  breaker opens on slowness only when *every* recent call is slow (a hang),
+  never on a share of slow calls (a brownout, which retries handle), and the
+  slow limit is learned from the host's own healthy latency (``AutoSlow``:
+  4x its p99, at least 50 ms, at most half the total timeout), so a healthy
+  but slow API is never tripped;
+- ``failure_rate_threshold=0.9``: a brownout where half the calls fail keeps
+  the breaker closed (retries inside the budget help there; a breaker cannot);
+- ``open_duration=0.4`` backing off to at most ``0.8`` s: recovery is seen
+  within a second of the heal, while a long outage costs one probe per 0.8 s;
+- ``half_open_calls=1``: one request per round reaches a host that may still
+  be down;
+- ``cancel_on_open=True``: when the breaker opens, requests already past the
+  slow limit fail at once instead of waiting out their timeouts.
+
+Concurrency: the breaker lookup is a dict read; a breaker is created under
+the hub's lock on first use, so racing requests share one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import re
+from collections.abc import Callable, Hashable, Mapping
+from contextvars import ContextVar
+from typing import Any, Final, Generic, Literal, TypeVar
+
+import aiohttp
+from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+from yarl import URL
+
+from resilient.breaker import CircuitBreaker
+from resilient.config import BreakerConfig
+from resilient.errors import CircuitOpenError, ConfigError
+from resilient.hub import Hub, default_hub
+from resilient.latency import AutoSlow
+from resilient.state import State
+
+__all__ = [
+    "HTTP_DEFAULTS",
+    "HostCircuitOpenError",
+    "PerHost",
+    "breaker_middleware",
+    "host_key",
+    "http_auto_slow",
+    "is_failure",
+    "probing",
+    "route_key",
+]
+
+#: The per-host breaker defaults of the HTTP layer (see the module docstring for why).
+HTTP_DEFAULTS: Final = BreakerConfig(
+    window="time",
+    window_size=0.2,
+    buckets=10,
+    minimum_calls=8,
+    failure_rate_threshold=1.0,
+    slow_call_rate_threshold=1.0,
+    slow_call_duration="auto",
+    half_open_calls=1,
+    open_duration=0.3,
+    open_duration_max=0.6,
+    open_backoff=2.0,
+    cancel_on_open=True,
+)
+#: The learned slow limit: this many times the host's healthy p99 ...
+SLOW_MULTIPLE: Final = 4.0
+#: ... at least this (seconds): above the attempt timeout's floor, so an idempotent
+#: request that hangs fails by its attempt timeout (a failure) before it is slow,
+#: and above the pauses a busy client sees (a stalled event loop makes every call
+#: in flight look slow) ...
+SLOW_FLOOR: Final = 0.2
+#: ... and at most this share of the request's total timeout.
+SLOW_CEILING_SHARE: Final = 0.5
+
+T = TypeVar("T")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
+
+Key = Literal["host", "route"] | Callable[[ClientRequest], str]
+
+
+class HostCircuitOpenError(CircuitOpenError, aiohttp.ClientConnectionError):
+    """A host's (or route's) breaker refused the request; no connection was opened.
+
+    Attributes:
+        name: the breaker's name (``host:port``).
+        retry_after: seconds until a probe may be admitted.
+    """
+
+    def __init__(self, name: str, retry_after: float, reason: str = "open") -> None:
+        CircuitOpenError.__init__(self, name, retry_after, reason)
+
+
+class _FailedStatus(aiohttp.ClientError):
+    """Carries a 5xx/429 response out of the breaker, which counts it as a failure."""
+
+    def __init__(self, response: ClientResponse) -> None:
+        self.response = response
+
+
+def is_failure(status: int) -> bool:
+    """Whether a response status counts against the host: 5xx and 429."""
+    return status >= 500 or status == 429
+
+
+def host_key(url: URL) -> str:
+    """The breaker name of a URL's host: ``host:port`` (IPv6 without brackets)."""
+    return _safe(f"{url.raw_host}:{url.port}")
+
+
+def route_key(url: URL) -> str:
+    """The breaker name of a URL's route: ``host:port/path`` (other characters become ``_``)."""
+    return _safe(f"{url.raw_host}:{url.port}{url.raw_path}")
+
+
+class PerHost(Generic[T]):
+    """One ``T`` per ``(host, port)`` of the requests seen, made on first use.
+
+    The HTTP layers keep their per-host state (retry budgets, learned
+    timeouts) here; the lookup is a dict read on a tuple of the URL's parts.
+    """
+
+    __slots__ = ("_by_host", "_make")
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._by_host: dict[tuple[str | None, int | None], T] = {}
+
+    def __call__(self, req: ClientRequest) -> T:
+        url = req.url
+        key = (url.raw_host, url.port)
+        found = self._by_host.get(key)
+        if found is None:
+            found = self._by_host.setdefault(key, self._make())
+        return found
+
+
+def _safe(name: str) -> str:
+    return _UNSAFE.sub("_", name)[:200]
+
+
+def http_auto_slow(total: float) -> AutoSlow:
+    """How the HTTP breakers learn ``slow_call_duration="auto"`` for a request timeout."""
+    ceiling = SLOW_CEILING_SHARE * total
+    return AutoSlow(multiple=SLOW_MULTIPLE, floor=min(SLOW_FLOOR, ceiling), ceiling=ceiling)
+
+
+def _defaults(value: BreakerConfig | Mapping[str, Any] | None) -> BreakerConfig:
+    if value is None:
+        return HTTP_DEFAULTS
+    if isinstance(value, BreakerConfig):
+        return value
+    if isinstance(value, Mapping):
+        return BreakerConfig.from_mapping(value, base=HTTP_DEFAULTS)
+    raise ConfigError(
+        f"breaker defaults must be a BreakerConfig or a mapping of its fields, got {value!r}",
+        field="breaker",
+        value=value,
+    )
+
+
+#: True while the attempt being sent is a half-open probe (see ``probing``).
+_probe: ContextVar[bool] = ContextVar("resilient.http.probe", default=False)
+
+
+def probing() -> bool:
+    """Whether the attempt being sent is its breaker's half-open probe.
+
+    The timeout layer gives a probe more time than other attempts: the one
+    call that decides whether a host is back must not fail on a cold
+    connection's first answer.
+    """
+    return _probe.get()
+
+
+_Guarded = Callable[[ClientHandlerType, ClientRequest], Any]
+
+
+def _guard(br: CircuitBreaker) -> _Guarded:
+    """The call ``br`` guards: an attempt, with a failing status turned into an exception."""
+
+    async def send(handler: ClientHandlerType, req: ClientRequest) -> ClientResponse:
+        # Admission happened just before, in this same step: HALF_OPEN now means
+        # this call is a probe (a call admitted while CLOSED is past this line).
+        if br.state is State.HALF_OPEN:
+            token = _probe.set(True)
+            try:
+                response = await handler(req)
+            finally:
+                _probe.reset(token)
+        else:
+            response = await handler(req)
+        if is_failure(response.status):
+            raise _FailedStatus(response)
+        return response
+
+    return br(send)
+
+
+#: What the HTTP breakers count as failures (anything else the call raises is an answer).
+RECORDED: Final = (OSError, asyncio.TimeoutError, aiohttp.ClientError)
+
+
+class _Breakers:
+    """The breaker (and its guarded call) of each host or route, created on first use.
+
+    Looked up by a cheap key (``(raw_host, port)`` for hosts); the breaker's
+    name is built only when the key is new.
+    """
+
+    __slots__ = ("_auto_slow", "_by_key", "_defaults", "_hub")
+
+    def __init__(self, hub: Hub, defaults: BreakerConfig, auto_slow: AutoSlow) -> None:
+        self._hub = hub
+        self._defaults = defaults
+        self._auto_slow = auto_slow
+        self._by_key: dict[Hashable, tuple[CircuitBreaker, _Guarded]] = {}
+
+    def get(
+        self, key: Hashable, name: Callable[[Any], str], of: object
+    ) -> tuple[CircuitBreaker, _Guarded]:
+        """The breaker under ``key``; ``name(of)`` names it if it must be created."""
+        found = self._by_key.get(key)
+        if found is None:
+            br = _create(self._hub, name(of), self._defaults, self._auto_slow)
+            found = self._by_key.setdefault(key, (br, _guard(br)))
+        return found
+
+
+def _create(hub: Hub, name: str, defaults: BreakerConfig, auto_slow: AutoSlow) -> CircuitBreaker:
+    """The hub's breaker ``name``, created with the HTTP layer's defaults if it is new.
+
+    A hub whose ``breaker()`` takes ``defaults=`` layers them under its config
+    source (BreakerConfig() < the creator's defaults < source defaults < the
+    breaker's own key). With an older hub, a breaker this layer creates is
+    given the HTTP defaults right after creation, with every field the hub's
+    view sets differently from the hub's defaults kept on top.
+    """
+    options: dict[str, Any] = {"record_exceptions": RECORDED, "auto_slow": auto_slow}
+    if _takes_defaults(hub):
+        return hub.breaker(name, defaults=defaults, **options)
+    new = name not in hub.breakers()
+    br = hub.breaker(name, **options)
+    if new:
+        base = hub.defaults
+        own = {
+            f.name: getattr(br.config, f.name)
+            for f in dataclasses.fields(BreakerConfig)
+            if getattr(br.config, f.name) != getattr(base, f.name)
+        }
+        br.update_config(dataclasses.replace(defaults, **own))
+    return br
+
+
+def _takes_defaults(hub: Hub) -> bool:
+    try:
+        return "defaults" in inspect.signature(hub.breaker).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def breaker_middleware(
+    hub: Hub | None = None,
+    *,
+    per: Key = "host",
+    defaults: BreakerConfig | Mapping[str, Any] | None = None,
+    total: float = 10.0,
+) -> ClientMiddlewareType:
+    """A client middleware that sends each request through its host's breaker.
+
+    Args:
+        hub: where the breakers live (``resilient.hub.default_hub()`` if omitted).
+        per: ``"host"`` (a breaker per ``host:port``), ``"route"`` (per
+            ``host:port/path``; a path with ids in it makes a breaker per id,
+            so prefer a callable there), or a callable giving the breaker
+            name of a request.
+        defaults: the breakers' creator defaults: a ``BreakerConfig``, or a
+            mapping of fields over ``HTTP_DEFAULTS`` (the default).
+        total: the request timeout the learned slow limit must stay under
+            (the ceiling of ``slow_call_duration="auto"`` is half of it).
+
+    Raises:
+        ConfigError: an option is invalid (the message names it).
+    """
+    if hub is None:
+        hub = default_hub()
+    elif not isinstance(hub, Hub):
+        raise ConfigError(f"hub must be a Hub, got {hub!r}", field="hub", value=hub)
+    if isinstance(total, bool) or not isinstance(total, int | float) or not total > 0:
+        raise ConfigError(f"total must be a number > 0, got {total!r}", field="total", value=total)
+    breakers = _Breakers(hub, _defaults(defaults), http_auto_slow(total))
+    lookup: Callable[[ClientRequest], tuple[CircuitBreaker, _Guarded]]
+    if per == "host":
+
+        def lookup(req: ClientRequest) -> tuple[CircuitBreaker, _Guarded]:
+            url = req.url
+            return breakers.get((url.raw_host, url.port), host_key, url)
+
+    elif per == "route":
+
+        def lookup(req: ClientRequest) -> tuple[CircuitBreaker, _Guarded]:
+            url = req.url
+            return breakers.get((url.raw_host, url.port, url.raw_path), route_key, url)
+
+    elif callable(per):
+        name_of = per
+
+        def lookup(req: ClientRequest) -> tuple[CircuitBreaker, _Guarded]:
+            name = name_of(req)
+            return breakers.get(name, str, name)
+
+    else:
+        raise ConfigError(
+            f'per must be "host", "route" or a callable, got {per!r}', field="per", value=per
+        )
+
+    async def guarded(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        br, call = lookup(req)
+        try:
+            response: ClientResponse = await call(handler, req)
+        except _FailedStatus as failed:
+            return failed.response
+        except CircuitOpenError as exc:
+            if exc.name != br.name or isinstance(exc, HostCircuitOpenError):
+                raise
+            raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
+        return response
+
+    return guarded

@@ -1,0 +1,352 @@
+"""Budgeted retries for idempotent HTTP requests, as an aiohttp client middleware.
+
+One idea: ask again, but only when asking again is safe and affordable.
+
+- Safe: only idempotent requests are retried (``GET``, ``HEAD``, ``PUT``,
+  ``DELETE``, ``OPTIONS``, ``TRACE``, or any request carrying an
+  ``Idempotency-Key`` header), and only while their body can be sent again.
+- Worth it: connection errors and timeouts, and the statuses that say "try
+  again" (429 and 5xx gateway/availability errors, by default). A rejection by
+  a breaker (``RejectedError``), the caller's deadline (``DeadlineExceeded``)
+  and cancellation are never retried.
+- Affordable: every request deposits into the host's ``RetryBudget`` and
+  every retry withdraws from it, so retries add at most ``ratio`` to the load
+  on a host that is already failing (one budget per ``host:port``). And
+  after ``STREAK`` failed attempts in a row at a host, nothing is retried
+  there until an attempt succeeds: a host that answers nothing is down, not
+  flaky, and the breaker (which sees every attempt) is about to say so.
+- In time: the whole request, retries included, ends by ``Timeouts.total``
+  and by the caller's deadline; a retry whose wait would not leave time for
+  an attempt is not made. A ``Retry-After`` (seconds or an HTTP date) on the
+  response is honoured: the retry waits at least that long, or is not made
+  when that is longer than the time left.
+
+This layer also owns the request's total budget: it publishes the loop time
+by which the whole request must end in a ``ContextVar`` that the per-attempt
+timeout beneath it reads (``request_expiry``), so every attempt is clipped to
+what is left. The decision after each attempt is one sync method
+(``_Retrier.plan``), which never awaits; the middleware only carries it out.
+
+Concurrency: the middleware holds no per-request state; the per-host budgets
+are created on first use (a dict insert, atomic under the GIL) and are
+thread-safe themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import time
+from collections.abc import Callable, Collection
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, cast
+
+import aiohttp
+from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+
+from resilient.budget import RetryBudget
+from resilient.deadline import _current
+from resilient.errors import ConfigError, DeadlineExceeded, RejectedError
+from resilient.http._breaker import PerHost
+from resilient.retry import FullJitter, RetryState
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "RETRY_STATUSES",
+    "Retries",
+    "is_idempotent",
+    "parse_retry_after",
+    "request_expiry",
+    "retry_middleware",
+]
+
+#: Methods RFC 9110 defines as idempotent: sending one twice has the effect of sending it once.
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: Statuses retried by default: rate limited, and the 5xx that big API clients retry.
+RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+#: Errors worth a retry: the connection failed, or the attempt ran out of time.
+RETRYABLE_ERRORS: Final = (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError)
+#: An attempt needs at least this long; a retry that would leave less is not made.
+MIN_ATTEMPT: Final = 0.005
+#: After this many failed attempts in a row at a host (across requests), its
+#: failures are not retried until one attempt succeeds: retries help a host
+#: that answers some requests; one that answers none is down, and another
+#: attempt is only load (and a request sent into an outage).
+STREAK: Final = 5
+#: How much earlier than aiohttp's own total timer this layer's budget ends, so an
+#: attempt that runs out of total time fails as a timeout the breaker can count
+#: (aiohttp's timer, armed a few microseconds earlier, would cancel the task instead).
+TOTAL_MARGIN: Final = 0.002
+
+_IDEMPOTENCY_KEY: Final = "Idempotency-Key"
+
+Wait = Callable[["RetryCallState"], float]
+
+#: Loop time by which the current request (all its attempts) must end, or None.
+_expiry: ContextVar[float | None] = ContextVar("resilient.http.expiry", default=None)
+
+
+def request_expiry() -> float | None:
+    """The loop time by which the request being sent must end (set by the retry layer)."""
+    return _expiry.get()
+
+
+def is_idempotent(req: ClientRequest) -> bool:
+    """Whether sending ``req`` twice is as safe as sending it once."""
+    return req.method in IDEMPOTENT_METHODS or _IDEMPOTENCY_KEY in req.headers
+
+
+def _replayable(req: ClientRequest) -> bool:
+    """A streamed body (a generator, an unseekable file) cannot be sent again."""
+    return not getattr(req.body, "consumed", False)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header, or None if absent or malformed.
+
+    Args:
+        value: the header's value: delay-seconds (``"120"``) or an HTTP date.
+        now: epoch seconds, for dates (``time.time()`` if omitted).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # RFC 9110 dates are GMT; a date without a zone is not one
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def _check_attempts(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"Retries attempts must be an integer >= 1, got {value!r}",
+            field="attempts",
+            value=value,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retries:
+    """How the HTTP layer retries.
+
+    Args:
+        attempts: the most attempts per request, the first included.
+        statuses: response statuses that are retried (the response is
+            returned as it is once the retries end).
+        wait: seconds before the next attempt, from the attempt number: a
+            ``FullJitter`` (the default: ``uniform(0, min(1, 0.05 * 2**(n-1)))``)
+            or a tenacity ``wait_*`` strategy. ``Retry-After`` raises it.
+        budget: makes the per-host ``RetryBudget`` (called once per
+            ``host:port``); ``None`` for no budget (only ``attempts`` limits).
+
+    Raises:
+        ConfigError: a value is out of range (the message names it).
+    """
+
+    attempts: int = 3
+    statuses: Collection[int] = RETRY_STATUSES
+    wait: Wait = field(default_factory=lambda: FullJitter(initial=0.05, maximum=1.0))
+    budget: Callable[[], RetryBudget] | None = RetryBudget
+
+    def __post_init__(self) -> None:
+        _check_attempts(self.attempts)
+        statuses = frozenset(self.statuses)
+        for status in statuses:
+            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                raise ConfigError(
+                    f"Retries statuses must be HTTP statuses (100-599), got {status!r}",
+                    field="statuses",
+                    value=status,
+                )
+        object.__setattr__(self, "statuses", statuses)
+        if not callable(self.wait):
+            raise ConfigError("Retries wait must be callable", field="wait", value=self.wait)
+        if self.budget is not None and not callable(self.budget):
+            raise ConfigError(
+                "Retries budget must make a RetryBudget (a callable) or be None",
+                field="budget",
+                value=self.budget,
+            )
+
+
+class _Host:
+    """What the retry layer keeps per ``host:port``: its budget, and how many
+    attempts in a row have failed (across requests)."""
+
+    __slots__ = ("budget", "streak")
+
+    def __init__(self, budget: RetryBudget | None) -> None:
+        self.budget = budget
+        self.streak = 0
+
+
+class _Retrier:
+    """Decides, after each attempt, whether and when to try again."""
+
+    __slots__ = ("_attempts", "_total", "_wait", "host", "statuses")
+
+    def __init__(self, retries: Retries, total: float | None) -> None:
+        self._attempts = retries.attempts
+        self.statuses = cast("frozenset[int]", retries.statuses)
+        self._wait = retries.wait
+        self._total = total
+        make = retries.budget
+        self.host = PerHost(lambda: _Host(None if make is None else make()))
+
+    def total(self, req: ClientRequest) -> float | None:
+        """The request's total budget: this layer's, else the session's ClientTimeout."""
+        if self._total is not None:
+            return self._total
+        return req.session.timeout.total
+
+    def plan(
+        self,
+        state: RetryState,
+        retry_after: float | None,
+        now: float,
+        expiry: float,
+        host: _Host,
+    ) -> float | None:
+        """After a failed attempt: seconds to wait before the next one, or None to stop.
+
+        In order: attempts, the host's streak of failures, the wait (at least
+        ``retry_after``), the time left (the total budget and the deadline),
+        and last the budget, which counts the retry only when everything else
+        agreed.
+        """
+        if state.attempt_number >= self._attempts:
+            return None
+        if host.streak >= STREAK:
+            return None  # every recent attempt failed: the host looks down, not flaky
+        wait = float(self._wait(cast("RetryCallState", state)))
+        if not wait > 0.0:  # also NaN
+            wait = 0.0
+        if retry_after is not None and retry_after > wait:
+            wait = retry_after
+        left = expiry - now
+        scope = _current()
+        if scope is not None:
+            left = min(left, scope.remaining())
+        if wait + MIN_ATTEMPT >= left:
+            return None
+        budget = host.budget
+        if budget is not None and not budget.allow_retry():
+            return None
+        return wait
+
+    def worth_retrying(self, exc: BaseException) -> bool:
+        if isinstance(exc, RejectedError | DeadlineExceeded):
+            return False
+        return isinstance(exc, RETRYABLE_ERRORS)
+
+
+def retry_middleware(
+    retries: Retries | None = None, *, total: float | None = None
+) -> ClientMiddlewareType:
+    """A client middleware that retries idempotent requests within a per-host budget.
+
+    Put it before (outside) the breaker middleware, so every attempt goes
+    through the breaker and a rejection is never retried.
+
+    Args:
+        retries: what to retry and how (``Retries()`` if omitted).
+        total: seconds the whole request may take, retries included; defaults
+            to the session's ``ClientTimeout.total``.
+
+    Raises:
+        ConfigError: ``total`` is not a positive number.
+    """
+    if retries is None:
+        retries = Retries()
+    elif not isinstance(retries, Retries):
+        raise ConfigError(
+            f"retries must be a Retries, got {retries!r}", field="retries", value=retries
+        )
+    if total is not None and (
+        isinstance(total, bool) or not isinstance(total, int | float) or not total > 0
+    ):
+        raise ConfigError(f"total must be a number > 0, got {total!r}", field="total", value=total)
+    retrier = _Retrier(retries, total)
+    statuses = retrier.statuses
+
+    async def retrying(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        host = retrier.host(req)
+        if host.budget is not None:
+            host.budget.record_request()
+        loop = asyncio.get_running_loop()
+        outer = _expiry.get()
+        total = retrier.total(req)
+        expiry = math.inf if total is None else loop.time() + total - TOTAL_MARGIN
+        if outer is not None and outer < expiry:
+            expiry = outer  # a request made from within another one's attempt
+        token = _expiry.set(expiry)
+        try:
+            if not (is_idempotent(req) and _replayable(req)):
+                return await handler(req)
+            return await _attempts(req, handler, loop, expiry, host)
+        finally:
+            _expiry.reset(token)
+
+    async def _attempts(
+        req: ClientRequest,
+        handler: ClientHandlerType,
+        loop: asyncio.AbstractEventLoop,
+        expiry: float,
+        host: _Host,
+    ) -> ClientResponse:
+        state: RetryState | None = None
+        while True:
+            retry_after = None
+            try:
+                response = await handler(req)
+            except Exception as exc:
+                if not retrier.worth_retrying(exc):
+                    raise
+                host.streak += 1
+                if not _replayable(req):
+                    raise
+                state = _record(state, loop.time(), None, exc)
+                wait = retrier.plan(state, None, loop.time(), expiry, host)
+                if wait is None:
+                    raise
+                del exc
+            else:
+                if response.status not in statuses:
+                    host.streak = 0
+                    return response
+                host.streak += 1
+                if not _replayable(req):
+                    return response
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                state = _record(state, loop.time(), response, None)
+                wait = retrier.plan(state, retry_after, loop.time(), expiry, host)
+                if wait is None:
+                    return response
+                response.release()  # the connection goes back before we wait
+            if wait > 0.0:
+                await asyncio.sleep(wait)
+            state.advance(wait)
+
+    return retrying
+
+
+def _record(
+    state: RetryState | None, now: float, result: object, exc: BaseException | None
+) -> RetryState:
+    """The retry state (built on the first failure only) with this attempt's outcome."""
+    if state is None:
+        state = RetryState(None, (), {}, now)
+    state.record(now, result, exc)
+    return state
