@@ -186,9 +186,9 @@ class Instrumentation:
     def close(self) -> None:
         """Stop reporting; idempotent.
 
-        Breakers drop this handle's listener and call observer where they can;
-        what stays (the hub's listener, for now) does nothing once closed, and
-        the instruments report nothing more for this hub.
+        The hub and its breakers drop this handle's listener, hook and call
+        observers where they offer a way to; whatever stays does nothing once
+        closed, and the instruments report nothing more for this hub.
         """
         with self._lock:
             if self._closed:
@@ -197,6 +197,12 @@ class Instrumentation:
             followed = self._followed
         if self._instruments is not None:
             self._instruments.remove(self)
+        remove_listener = getattr(self.hub, "remove_listener", None)
+        if remove_listener is not None:
+            remove_listener(self._on_event)
+        remove_hook = getattr(self.hub, "remove_breaker_hook", None)
+        if remove_hook is not None:
+            remove_hook(self._follow)
         for f in followed.values():
             f.breaker.remove_listener(self._on_event)
             if f.observer is not None and hasattr(f.breaker, "unobserve_calls"):

@@ -490,6 +490,9 @@ class HookedHub(Hub):
         for br in self.breakers().values():
             hook(br)
 
+    def remove_breaker_hook(self, hook: Callable[[CircuitBreaker], object]) -> None:
+        self.hooks.remove(hook)
+
     def breaker(self, name: str, **options: Any) -> CircuitBreaker:
         known = name in self.breakers()
         br = super().breaker(name, **options)
@@ -509,6 +512,7 @@ def test_breakers_created_later_are_counted_from_their_first_call(
         attempt(late, taking(clock, 0.01))
         assert sdk_metrics.values(CALLS, breaker="late")[key(outcome="success")] == 1
         assert sdk_metrics.values(STATE, breaker="early")[key(state="closed")] == 1
+    assert hub.hooks == []  # closing took the hook off
 
 
 def test_without_a_hook_a_later_breaker_is_found_at_the_next_collection(
