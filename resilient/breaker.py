@@ -226,14 +226,15 @@ class CircuitBreaker:
     def observe_calls(self, observer: CallObserver) -> None:
         """Call ``observer(outcome, seconds)`` after every call that ends.
 
-        ``outcome`` is one of ``OUTCOMES``. For telemetry: an observed breaker
-        settles every call on the locked path, so the no-observer success path
-        stays free of the cost.
+        ``outcome`` is one of ``OUTCOMES``; the observer runs outside the lock,
+        in the caller's thread, so it must be quick (telemetry records a
+        histogram). Without observers the success path only tests for them.
         """
-        now = self._clock()
-        with self._lock:
-            self._observers = (*self._observers, observer)
-            self._refresh_locked(now)
+        self._observers = (*self._observers, observer)
+
+    def unobserve_calls(self, observer: CallObserver) -> None:
+        """Stop calling ``observer``."""
+        self._observers = tuple(o for o in self._observers if o != observer)
 
     def snapshot(self) -> Snapshot:
         now = self._clock()
@@ -471,6 +472,8 @@ class CircuitBreaker:
                     window.counts[window.pos] += 1  # + SUCCESS, which is 0
                 else:
                     window.add(SUCCESS)
+                if self._observers:
+                    self._observe("success", end - now)
             else:
                 self._settle(ticket, now, end, _COUNT_FAILURE if failed else _COUNT_SUCCESS)
             return result
@@ -527,6 +530,8 @@ class CircuitBreaker:
                     window.counts[window.pos] += 1
                 else:
                     window.add(SUCCESS)
+                if self._observers:
+                    self._observe("success", end - now)
             else:
                 self._settle(ticket, now, end, _COUNT_FAILURE if failed else _COUNT_SUCCESS)
             return result
@@ -634,8 +639,11 @@ class CircuitBreaker:
             else:
                 slow = duration >= self._slow_seconds
                 outcome = _OUTCOME_NAMES[verdict == _COUNT_FAILURE][slow]
-            for observer in self._observers:
-                observer(outcome, duration)
+            self._observe(outcome, duration)
+
+    def _observe(self, outcome: str, duration: float) -> None:
+        for observer in self._observers:
+            observer(outcome, duration)
 
     def _record_locked(self, ticket: int, started: float, ended: float, verdict: int) -> _Effects:
         effects: _Effects = []
@@ -875,7 +883,6 @@ class CircuitBreaker:
             self._state is not State.CLOSED
             or cfg.mode == "adaptive"
             or self._slow.learning
-            or self._observers
             or self._judging_pending()
         ):
             self._fast_until = -math.inf

@@ -110,6 +110,7 @@ class Hub:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._create_lock = threading.Lock()
         self._listeners: tuple[Listener, ...] = ()
+        self._hooks: tuple[Callable[[CircuitBreaker], object], ...] = ()
         # The source's current view, as plain data (see apply_config).
         self._source_defaults: Mapping[str, Any] = {}
         self._source_breakers: Mapping[str, Mapping[str, Any]] = {}
@@ -141,6 +142,8 @@ class Hub:
             br.namespace = self.namespace
             for listener in self._listeners:
                 br.add_listener(listener)
+            for hook in self._hooks:
+                hook(br)
             if self.store is not None:
                 self.store.attach(br)
             self._breakers[name] = br
@@ -163,6 +166,24 @@ class Hub:
         self._listeners = (*self._listeners, listener)
         for br in list(self._breakers.values()):
             br.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners = tuple(fn for fn in self._listeners if fn != listener)
+        for br in list(self._breakers.values()):
+            br.remove_listener(listener)
+
+    def add_breaker_hook(self, hook: Callable[[CircuitBreaker], object]) -> None:
+        """Call ``hook(breaker)`` for every breaker of this hub: those it has now,
+        and each later one as it is created, before it is handed out."""
+        with self._create_lock:
+            self._hooks = (*self._hooks, hook)
+            existing = list(self._breakers.values())
+        for br in existing:
+            hook(br)
+
+    def remove_breaker_hook(self, hook: Callable[[CircuitBreaker], object]) -> None:
+        with self._create_lock:
+            self._hooks = tuple(h for h in self._hooks if h != hook)
 
     # ------------------------------------------------------------------ config seam
 

@@ -197,16 +197,12 @@ class Instrumentation:
             followed = self._followed
         if self._instruments is not None:
             self._instruments.remove(self)
-        remove_listener = getattr(self.hub, "remove_listener", None)
-        if remove_listener is not None:
-            remove_listener(self._on_event)
-        remove_hook = getattr(self.hub, "remove_breaker_hook", None)
-        if remove_hook is not None:
-            remove_hook(self._follow)
+        self.hub.remove_listener(self._on_event)
+        self.hub.remove_breaker_hook(self._follow)
         for f in followed.values():
             f.breaker.remove_listener(self._on_event)
-            if f.observer is not None and hasattr(f.breaker, "unobserve_calls"):
-                f.breaker.unobserve_calls(f.observer)  # back to the lock-free success path
+            if f.observer is not None:
+                f.breaker.unobserve_calls(f.observer)
         with _registry_lock:
             ref = _by_hub.get(self.hub)
             if ref is not None and ref() is self:
@@ -237,19 +233,11 @@ class Instrumentation:
         if self._instruments is not None:
             self._instruments.add(self)
         self.hub.add_listener(self._on_event)  # events of every breaker, now and later
-        add_hook = getattr(self.hub, "add_breaker_hook", None)
-        if add_hook is not None:
-            add_hook(self._follow)  # every breaker, now and as each is created
-        else:
-            self._follow_all()
+        self.hub.add_breaker_hook(self._follow)  # every breaker, now and as each is created
 
     def _follow_all(self) -> Iterable[_Followed]:
-        """Follow the hub's breakers not yet followed; return all followed.
-
-        Without a creation hook on the hub, a breaker created after
-        ``instrument()`` is found here: at every metric collection and at its
-        first event. Its calls before that are not counted.
-        """
+        """Follow the hub's breakers not yet followed (a safety net: the hub's
+        creation hook follows each as it is made); return all followed."""
         breakers = self.hub.breakers()
         if len(breakers) != len(self._followed):
             for br in breakers.values():

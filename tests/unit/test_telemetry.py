@@ -515,18 +515,18 @@ def test_breakers_created_later_are_counted_from_their_first_call(
     assert hub.hooks == []  # closing took the hook off
 
 
-def test_without_a_hook_a_later_breaker_is_found_at_the_next_collection(
+def test_a_later_breaker_is_instrumented_as_the_hub_creates_it(
     hub: Hub, clock: Clock, sdk_metrics: Metrics, handle: Instrumentation
 ) -> None:
     late = hub.breaker("late")
-    assert observers(late) == 0
+    assert observers(late) == 1  # the hub's breaker hook, before it is handed out
     assert sdk_metrics.values(STATE, breaker="late")[key(state="closed")] == 1
     assert observers(late) == 1
     attempt(late, taking(clock, 0.01))
     assert sdk_metrics.values(CALLS, breaker="late")[key(outcome="success")] == 1
 
 
-def test_without_a_hook_a_later_breaker_is_found_at_its_first_event(
+def test_a_later_breaker_reports_its_first_event(
     hub: Hub, clock: Clock, sdk_metrics: Metrics, handle: Instrumentation
 ) -> None:
     late = hub.breaker("late")
@@ -549,7 +549,8 @@ def test_close_stops_reporting(
     h.close()
     h.close()  # idempotent
     assert not h.recording
-    assert br._listeners == ()  # the breaker dropped it (the hub cannot yet)
+    assert br._listeners == ()  # the breaker dropped it
+    assert hub._listeners == ()  # and so did the hub
     attempt(br, taking(clock, 0.01))
     with sdk_spans.tracer.start_as_current_span("after"):
         trip(br, clock)
