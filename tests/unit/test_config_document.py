@@ -384,3 +384,30 @@ async def test_file_source_starts_without_the_file_and_says_so_once(
 async def test_file_source_validates_its_interval() -> None:
     with pytest.raises(ValueError, match="interval must be > 0"):
         FileSource("x.yaml", interval=0)
+
+
+async def test_file_source_drives_a_real_hub(tmp_path: Path) -> None:
+    from resilient.events import ConfigChanged, ConfigRejected, Event
+    from resilient.hub import Hub
+
+    path = tmp_path / "fleet.yaml"
+    write(path, FLEET)
+    events: list[Event] = []
+    source = FileSource(path, sleep=StepSleep())
+    async with Hub("svc", config=source, defaults={"half_open_calls": 2}) as hub:
+        hub.add_listener(events.append)
+        payments = hub.breaker("payments")
+        assert payments.config.failure_rate_threshold == 0.25
+        assert payments.config.half_open_calls == 2  # the hub's own layer stays under the file's
+
+        write(path, FLEET.replace("0.25", "0.3"))
+        assert await source.reload()
+        assert payments.config.failure_rate_threshold == 0.3
+        assert [e.breaker for e in events if isinstance(e, ConfigChanged)] == ["payments"]
+
+        write(path, FLEET.replace("0.25", "7"))  # out of range: rejected, last good kept
+        assert await source.reload()
+        assert payments.config.failure_rate_threshold == 0.3
+        rejected = [e for e in events if isinstance(e, ConfigRejected)]
+        assert rejected and rejected[-1].breaker == "payments"
+        assert "failure_rate_threshold" in rejected[-1].reason
