@@ -7,6 +7,9 @@ published context, span attributes and the deadline rules are the same as
 for ASGI (see ``resilient.asgi``); the once-per-request mark lives in the
 request's own storage under ``DEADLINE_KEY``, which both middlewares check.
 
+As for ASGI, a websocket's lifetime is not a request budget: the deadline
+header is not armed for a websocket upgrade.
+
 When the inbound budget runs out in the handler, the middleware answers
 ``504``. A handler that had already started a streamed response cannot be
 answered again; aiohttp then ends that response as it ends any failed one.
@@ -34,6 +37,13 @@ Clock = Callable[[], float]
 
 #: Request storage key marking a request whose deadline header is already armed.
 DEADLINE_KEY: Final = web.RequestKey("resilient.deadline", bool)
+
+
+def _budgeted(request: web.Request) -> bool:
+    """Whether the deadline header still needs arming: not yet armed, not a websocket."""
+    if request.get(DEADLINE_KEY):
+        return False
+    return request.headers.get("Upgrade", "").lower() != "websocket"
 
 
 async def _handle_with_deadline(
@@ -99,7 +109,7 @@ def gray_middleware(
         if found is None:
             return await handler(request)
         seconds = None
-        if header is not None and header in found and not request.get(DEADLINE_KEY):
+        if header is not None and header in found and _budgeted(request):
             seconds = parse_ms(found[header])
         inbound = recognizer.inspect(found)
         tokens = None if inbound is None else open_request(inbound, spans, with_baggage)
@@ -132,7 +142,7 @@ def deadline_middleware(
     @web.middleware
     async def deadline_(request: web.Request, handler: Handler) -> web.StreamResponse:
         values = request.headers.getall(name, None)
-        seconds = None if not values or request.get(DEADLINE_KEY) else parse_ms(values)
+        seconds = parse_ms(values) if values and _budgeted(request) else None
         if seconds is None:
             return await handler(request)
         return await _handle_with_deadline(request, handler, seconds, checked_clock)

@@ -250,3 +250,25 @@ def test_client_middleware_options_are_validated_by_name() -> None:
         propagation(deadline_header="")
     with pytest.raises(ValueError, match=r"^bound "):
         deadline_propagation(bound=0.5)  # type: ignore[arg-type]
+
+
+async def test_a_websocket_upgrade_gets_the_tag_but_no_deadline() -> None:
+    seen: dict[str, Any] = {}
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        seen["tag"], seen["remaining"] = current(), remaining()
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application(middlewares=[gray_middleware(), deadline_middleware()])
+    app.router.add_get("/ws", ws_handler)
+    headers = {"x-gray": "canary", "x-request-timeout-ms": "5000"}
+    async with (
+        serve(app) as url,
+        aiohttp.ClientSession() as client,
+        client.ws_connect(url + "/ws", headers=headers) as ws,
+    ):
+        await ws.receive()
+    assert seen == {"tag": GrayTag("canary", "header"), "remaining": None}
