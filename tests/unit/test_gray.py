@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -465,3 +467,13 @@ def test_a_rule_must_name_a_known_strategy() -> None:
 
     with pytest.raises(ConfigError, match=r"^rules must hold Rule objects"):
         Recognizer([Nameless()])
+
+
+def test_the_gray_and_asgi_modules_stay_light() -> None:
+    code = (
+        "import sys, resilient.gray, resilient.asgi, resilient._deadline_header\n"
+        "heavy = ('aiohttp', 'starlette', 'opentelemetry.sdk', 'yaml', 'redis', 'aetcd')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
