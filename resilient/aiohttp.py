@@ -28,8 +28,8 @@ from resilient._deadline_header import DEFAULT_HEADER as DEFAULT_DEADLINE_HEADER
 from resilient._deadline_header import check_name, parse_ms
 from resilient.deadline import deadline
 from resilient.errors import DeadlineExceeded
-from resilient.gray._rules import DEFAULT_RULES, Recognizer, Rule
-from resilient.gray._serve import check_bool, check_clock, close_request, open_request
+from resilient.gray._rules import DEFAULT_RULES, Rule
+from resilient.gray._serve import ServerOptions, check_clock, close_request, open_request
 
 __all__ = ["DEADLINE_KEY", "deadline_middleware", "gray_middleware"]
 
@@ -89,12 +89,18 @@ def gray_middleware(
         ValueError: (``ConfigError`` for rule options) an option is invalid;
             the message names it.
     """
-    recognizer = Recognizer(rules, allow=allow, deny=deny)
-    header = None if deadline_header is None else check_name("deadline_header", deadline_header)
-    spans = check_bool("span_attributes", span_attributes)
-    with_baggage = check_bool("baggage", baggage)
-    checked_clock = check_clock(clock)
-    names = tuple(recognizer.headers | ({header} if header is not None else set()))
+    options = ServerOptions.build(
+        rules=rules,
+        allow=allow,
+        deny=deny,
+        deadline_header=deadline_header,
+        span_attributes=span_attributes,
+        baggage=baggage,
+        clock=clock,
+    )
+    recognizer = options.recognizer
+    header = options.deadline_header
+    names = tuple(options.headers)
 
     @web.middleware
     async def gray(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -112,11 +118,11 @@ def gray_middleware(
         if header is not None and header in found and _budgeted(request):
             seconds = parse_ms(found[header])
         inbound = recognizer.inspect(found)
-        tokens = None if inbound is None else open_request(inbound, spans, with_baggage)
+        tokens = None if inbound is None else open_request(inbound, options)
         try:
             if seconds is None:
                 return await handler(request)
-            return await _handle_with_deadline(request, handler, seconds, checked_clock)
+            return await _handle_with_deadline(request, handler, seconds, options.clock)
         finally:
             if tokens is not None:
                 close_request(tokens)

@@ -35,8 +35,8 @@ from resilient._deadline_header import DEFAULT_HEADER as DEFAULT_DEADLINE_HEADER
 from resilient._deadline_header import check_name, parse_ms
 from resilient.deadline import deadline
 from resilient.errors import DeadlineExceeded
-from resilient.gray._rules import DEFAULT_RULES, Recognizer, Rule
-from resilient.gray._serve import check_bool, check_clock, close_request, open_request
+from resilient.gray._rules import DEFAULT_RULES, Rule
+from resilient.gray._serve import ServerOptions, check_clock, close_request, open_request
 
 __all__ = ["DEADLINE_SCOPE_KEY", "DeadlineMiddleware", "GrayMiddleware"]
 
@@ -109,15 +109,7 @@ class GrayMiddleware:
             the message names it.
     """
 
-    __slots__ = (
-        "_baggage",
-        "_clock",
-        "_deadline_header",
-        "_recognizer",
-        "_spans",
-        "_wanted",
-        "app",
-    )
+    __slots__ = ("_options", "_wanted", "app")
 
     def __init__(
         self,
@@ -132,18 +124,17 @@ class GrayMiddleware:
         clock: Clock = time.monotonic,
     ) -> None:
         self.app = app
-        self._recognizer = Recognizer(rules, allow=allow, deny=deny)
-        self._deadline_header = (
-            None if deadline_header is None else check_name("deadline_header", deadline_header)
+        self._options = options = ServerOptions.build(
+            rules=rules,
+            allow=allow,
+            deny=deny,
+            deadline_header=deadline_header,
+            span_attributes=span_attributes,
+            baggage=baggage,
+            clock=clock,
         )
-        self._spans = check_bool("span_attributes", span_attributes)
-        self._baggage = check_bool("baggage", baggage)
-        self._clock = check_clock(clock)
-        names = set(self._recognizer.headers)
-        if self._deadline_header is not None:
-            names.add(self._deadline_header)
         #: raw header name -> str name, for the one pass over the headers
-        self._wanted: dict[bytes, str] = {name.encode("latin-1"): name for name in names}
+        self._wanted: dict[bytes, str] = {name.encode("latin-1"): name for name in options.headers}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -161,8 +152,9 @@ class GrayMiddleware:
             await self.app(scope, receive, send)
             return
 
+        options = self._options
         seconds = None
-        header = self._deadline_header
+        header = options.deadline_header
         if (
             header is not None
             and kind == "http"
@@ -170,13 +162,13 @@ class GrayMiddleware:
             and not scope.get(DEADLINE_SCOPE_KEY)
         ):
             seconds = parse_ms(found[header])
-        inbound = self._recognizer.inspect(found)
-        tokens = None if inbound is None else open_request(inbound, self._spans, self._baggage)
+        inbound = options.recognizer.inspect(found)
+        tokens = None if inbound is None else open_request(inbound, options)
         try:
             if seconds is None:
                 await self.app(scope, receive, send)
             else:
-                await _call_with_deadline(self.app, scope, receive, send, seconds, self._clock)
+                await _call_with_deadline(self.app, scope, receive, send, seconds, options.clock)
         finally:
             if tokens is not None:
                 close_request(tokens)

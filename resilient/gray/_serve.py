@@ -1,7 +1,9 @@
 """What an inbound middleware does with a recognised request, once for both servers.
 
-``open_request`` publishes the ``Inbound`` record for the request's task tree,
-tags the current span and, if asked, makes the tag OpenTelemetry baggage;
+``ServerOptions.build`` validates the options both gray middlewares take
+(``ValueError`` naming the option) into one frozen object. ``open_request``
+publishes the ``Inbound`` record for the request's task tree, tags the
+current span and, if asked, makes the tag OpenTelemetry baggage;
 ``close_request`` undoes both in reverse order. The ASGI and aiohttp
 middlewares call these around the handler, in the same task, inside
 ``try/finally``.
@@ -9,27 +11,82 @@ middlewares call these around the handler, in the same task, inside
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import Token
+from dataclasses import dataclass
 
 from opentelemetry.context import Context
 
+from resilient._deadline_header import check_name
 from resilient.gray import _otel
 from resilient.gray._context import Inbound, enter, leave
+from resilient.gray._rules import Recognizer, Rule
 
-__all__ = ["Tokens", "check_bool", "check_clock", "close_request", "open_request"]
+__all__ = [
+    "ServerOptions",
+    "Tokens",
+    "check_bool",
+    "check_clock",
+    "close_request",
+    "open_request",
+]
 
 Tokens = tuple[Token[Inbound | None], Token[Context] | None]
 
 
-def open_request(inbound: Inbound, spans: bool, baggage: bool) -> Tokens:
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """The validated options of a gray server middleware; see ``resilient.asgi.GrayMiddleware``.
+
+    Attributes:
+        recognizer: the rules and the allow and deny lists.
+        deadline_header: the lower-case deadline header, or ``None``.
+        spans: whether gray requests tag the current span.
+        baggage: whether gray requests get ``gray`` baggage.
+        clock: the deadline's clock.
+        headers: every lower-case header name the middleware reads.
+    """
+
+    recognizer: Recognizer
+    deadline_header: str | None
+    spans: bool
+    baggage: bool
+    clock: Callable[[], float]
+    headers: frozenset[str]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        rules: Iterable[Rule],
+        allow: Iterable[str] | None,
+        deny: Iterable[str],
+        deadline_header: str | None,
+        span_attributes: bool,
+        baggage: bool,
+        clock: Callable[[], float],
+    ) -> ServerOptions:
+        recognizer = Recognizer(rules, allow=allow, deny=deny)
+        header = None if deadline_header is None else check_name("deadline_header", deadline_header)
+        names = recognizer.headers if header is None else recognizer.headers | {header}
+        return cls(
+            recognizer,
+            header,
+            check_bool("span_attributes", span_attributes),
+            check_bool("baggage", baggage),
+            check_clock(clock),
+            names,
+        )
+
+
+def open_request(inbound: Inbound, options: ServerOptions) -> Tokens:
     """Publish ``inbound``; tag the span and set baggage for a gray request."""
     baggage_token = None
     tag = inbound.tag
     if tag is not None:
-        if spans:
+        if options.spans:
             _otel.tag_span(tag)
-        if baggage:
+        if options.baggage:
             baggage_token = _otel.attach_baggage(tag)
     return enter(inbound), baggage_token
 
