@@ -48,10 +48,14 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 2379
-# A fresh channel per reconnect is the source's job; these keep one channel honest
-# meanwhile: notice a dead peer within ~15 s, and retry a refused connect quickly
-# (gRPC's own default backs off to 120 s). etcd refuses pings more often than 5 s.
+# A fresh channel per reconnect is the source's job, and a fresh channel must mean a fresh
+# connection: gRPC shares subchannels between channels of one target by default, so a
+# new channel would inherit the old one's reconnect backoff (and fail fast with its last
+# error); a local pool per channel avoids that. The rest keep one channel honest: notice
+# a dead peer within ~15 s, retry a refused connect quickly (gRPC's default backs off to
+# 120 s). etcd refuses pings more often than every 5 s.
 _CHANNEL_OPTIONS = (
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.initial_reconnect_backoff_ms", 100),
