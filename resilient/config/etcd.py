@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from resilient.config._etcd_client import (
     WatchBatch,
     parse_endpoints,
 )
-from resilient.config.file import ConfigTarget, apply_values, stop_task
+from resilient.config.file import ConfigTarget, ViewCache, apply_values, stop_task
 from resilient.errors import ConfigError, ResilientError
 
 if TYPE_CHECKING:
@@ -113,6 +114,9 @@ class EtcdSource:
         ca_cert: PEM file of the CA for the server's certificate.
         cert_cert, cert_key: PEM files of a client certificate and key (mutual TLS).
         timeout: seconds for one request, and for the first load at ``start()``.
+        cache: a local file that keeps the last view applied; a start with etcd
+            away begins on it (and reloads the whole prefix once etcd is back)
+            instead of on bare defaults.
         backoff, backoff_max: reconnect delays, doubling from ``backoff`` up to
             ``backoff_max`` seconds, with jitter.
         client_factory: builds the etcd client for an endpoint (tests and other
@@ -131,6 +135,7 @@ class EtcdSource:
         cert_cert: str | None = None,
         cert_key: str | None = None,
         timeout: float = 5.0,
+        cache: str | os.PathLike[str] | None = None,
         backoff: float = 0.1,
         backoff_max: float = 5.0,
         client_factory: ClientFactory | None = None,
@@ -153,6 +158,8 @@ class EtcdSource:
         self._sleep = sleep
         self._rng = rng
         self._origin = f"etcd:{self._prefix}"
+        self._cache = None if cache is None else ViewCache(cache, self._origin)
+        self._cached_revision: int | None = None  # the cached view started on, if any
         # Mutable state, touched only from the event loop (the background task and start/close):
         self._hub: ConfigTarget | None = None
         self._client: EtcdClient | None = None
@@ -191,8 +198,9 @@ class EtcdSource:
             async with asyncio.timeout(self._conn.timeout):
                 await self._load(self._ensure_client())
         except (EtcdError, TimeoutError) as exc:
-            self._report_down(exc)
             await self._drop_client()
+            self._start_from_cache()
+            self._report_down(exc)
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"resilient-{self._origin}")
 
@@ -303,6 +311,22 @@ class EtcdSource:
             apply_values(self._hub, self._values, revision=revision, origin=self._origin)
         except Exception:
             log.exception("resilient: the hub failed to apply etcd %s", self._prefix)
+        if self._cache is not None:
+            self._cache.write(revision, self._values)
+
+    def _start_from_cache(self) -> None:
+        """etcd is away at start: begin on the cached view, if there is one."""
+        cached = self._cache.read() if self._cache is not None else None
+        if cached is None or self._hub is None:
+            return
+        revision, values = cached
+        self._values = values
+        self._cached_revision = revision
+        try:
+            apply_values(self._hub, values, revision=revision, origin=f"{self._origin} (cache)")
+        except Exception:
+            log.exception("resilient: the hub failed to apply the cached etcd %s", self._prefix)
+        self._needs_load = True  # the cluster may have moved on, or been replaced
 
     def _reject(self, key: str, reason: str, revision: int) -> None:
         if self._hub is None:
@@ -333,10 +357,15 @@ class EtcdSource:
             log.debug("resilient: etcd %s still unreachable: %s", self._prefix, exc)
             return
         self._down = True
-        if self._revision is None:
-            keeping = "starting on the hub's own defaults"
-        else:
+        if self._revision is not None:
             keeping = f"keeping the config of revision {self._revision}"
+        elif self._cached_revision is not None and self._cache is not None:
+            keeping = (
+                f"starting on the cached config of revision {self._cached_revision} "
+                f"({self._cache.path}; the whole prefix is reloaded once etcd is back)"
+            )
+        else:
+            keeping = "starting on the hub's own defaults"
         log.warning(
             "resilient: etcd %s unreachable for %s (%s); %s and retrying in the background",
             self._conn.describe(), self._prefix, _reason(exc), keeping,

@@ -24,15 +24,17 @@ not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from resilient.errors import ConfigError
 
-__all__ = ["ConfigTarget", "FileSource", "apply_values", "stop_task"]
+__all__ = ["ConfigTarget", "FileSource", "ViewCache", "apply_values", "stop_task"]
 
 log = logging.getLogger("resilient.config")
 
@@ -196,3 +198,62 @@ class FileSource:
 
     def __repr__(self) -> str:
         return f"FileSource({str(self._path)!r}, interval={self._interval!r})"
+
+
+class ViewCache:
+    """The last view a remote source applied, kept in a local file for the next start.
+
+    A process that restarts while etcd is away starts on this instead of on
+    bare defaults. The file is JSON ``{"origin", "revision", "values"}``,
+    replaced atomically (a temporary file, then ``os.replace``); one written
+    for another origin (another prefix) is ignored. A cache that cannot be
+    written is reported once and otherwise ignored: it is a convenience, not
+    a source of truth.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], origin: str) -> None:
+        self.path = Path(path)
+        self._origin = origin
+        self._write_failed = False
+
+    def read(self) -> tuple[int, dict[str, dict[str, Any]]] | None:
+        """``(revision, values)`` if the file holds a view of this origin, else None."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("resilient: config cache %s unreadable (%s); ignored", self.path, exc)
+            return None
+        values = data.get("values") if isinstance(data, dict) else None
+        revision = data.get("revision") if isinstance(data, dict) else None
+        if (
+            not isinstance(values, dict)
+            or not isinstance(revision, int)
+            or data.get("origin") != self._origin
+            or not all(isinstance(k, str) and isinstance(v, dict) for k, v in values.items())
+        ):
+            log.warning("resilient: config cache %s is not a view of %s; ignored", self.path,
+                        self._origin)  # fmt: skip
+            return None
+        return revision, values
+
+    def write(self, revision: int, values: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the file with this view (atomically); failures are logged once."""
+        body = {"origin": self._origin, "revision": revision, "values": dict(values)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".resilient-", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(body, fh, sort_keys=True)
+                os.replace(tmp, self.path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as exc:
+            if not self._write_failed:
+                self._write_failed = True
+                log.warning("resilient: cannot write the config cache %s (%s)", self.path, exc)
+            return
+        self._write_failed = False

@@ -483,6 +483,43 @@ async def test_start_with_etcd_unreachable_runs_on_defaults_then_catches_up(
     assert etcd_server.endpoint in down[0]
 
 
+async def test_a_restart_while_etcd_is_away_starts_on_the_cached_config(
+    etcd_server: EtcdServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "state" / "etcd-cache.json"
+    async with writer(etcd_server.endpoint) as w:
+        await w.put(f"{P}/breakers/a", obj(minimum_calls=3))
+    source = EtcdSource(etcd_server.endpoint, prefix=P, cache=cache)
+    async with RecordingHub("svc", config=source) as hub:
+        async with writer(etcd_server.endpoint) as w:
+            rev = await w.put(f"{P}/breakers/a", obj(minimum_calls=4))
+        await wait_for(lambda: source.revision == rev)
+    saved = json.loads(cache.read_text())
+    assert saved == {
+        "origin": f"etcd:{P}",
+        "revision": rev,
+        "values": {"breakers/a": {"minimum_calls": 4}},
+    }
+
+    etcd_server.kill()
+    other_prefix = EtcdSource(etcd_server.endpoint, prefix="/other", cache=cache, timeout=2)
+    async with RecordingHub("svc", config=other_prefix) as hub:
+        assert hub.breaker("a").config.minimum_calls == DEFAULT.minimum_calls  # not its cache
+
+    restarted = EtcdSource(
+        etcd_server.endpoint, prefix=P, cache=cache, timeout=2, backoff=0.05, backoff_max=0.2
+    )
+    async with RecordingHub("svc", config=restarted) as hub:
+        a = hub.breaker("a")
+        assert a.config.minimum_calls == 4  # the cached view, not bare defaults
+        down = [r.getMessage() for r in caplog.records if "unreachable for " + P in r.getMessage()]
+        assert len(down) == 1 and f"cached config of revision {rev}" in down[0]
+        await asyncio.to_thread(etcd_server.start)
+        async with writer(etcd_server.endpoint) as w:
+            await w.put(f"{P}/breakers/a", obj(minimum_calls=5))
+        await wait_for(lambda: a.config.minimum_calls == 5)  # reloaded, then followed
+
+
 async def test_a_store_that_went_back_in_time_is_reloaded(
     etcd_server: EtcdServer, tmp_path: Path
 ) -> None:

@@ -411,3 +411,28 @@ async def test_file_source_drives_a_real_hub(tmp_path: Path) -> None:
         rejected = [e for e in events if isinstance(e, ConfigRejected)]
         assert rejected and rejected[-1].breaker == "payments"
         assert "failure_rate_threshold" in rejected[-1].reason
+
+
+def test_view_cache_round_trip_and_what_it_ignores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from resilient.config.file import ViewCache
+
+    cache = ViewCache(tmp_path / "c.json", "etcd:/a")
+    assert cache.read() is None
+    cache.write(7, {"breakers/x": {"buckets": 2}})
+    assert cache.read() == (7, {"breakers/x": {"buckets": 2}})
+    assert ViewCache(tmp_path / "c.json", "etcd:/b").read() is None  # another origin's
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.json"]  # no temporary left behind
+
+    (tmp_path / "c.json").write_text("{not json")
+    assert cache.read() is None
+    (tmp_path / "c.json").write_text('{"origin": "etcd:/a", "revision": "7", "values": {}}')
+    assert cache.read() is None
+    assert len([r for r in caplog.records if "config cache" in r.getMessage()]) == 3
+
+    (tmp_path / "file").write_text("")
+    blocked = ViewCache(tmp_path / "file" / "c.json", "etcd:/a")  # its directory is a file
+    blocked.write(1, {})
+    blocked.write(2, {})
+    assert len([r for r in caplog.records if "cannot write" in r.getMessage()]) == 1
