@@ -201,6 +201,9 @@ class EtcdSource:
             await self._drop_client()
             self._start_from_cache()
             self._report_down(exc)
+        except Exception:  # a bug must not fail Hub.start(): log it, the task retries
+            log.exception("resilient: etcd source %s failed to load; retrying", self._prefix)
+            await self._drop_client()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"resilient-{self._origin}")
 
