@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from resilient.breaker import NAME_PATTERN, CircuitBreaker
 from resilient.config import BreakerConfig
@@ -234,20 +234,20 @@ class Hub:
             yield f"breakers/{name}", data
 
     def _resolve(self, name: str, last_good: BreakerConfig, events: list[Event]) -> BreakerConfig:
-        """Layer the source's view over the hub's defaults; last good on any error."""
+        """Layer the source's view over the hub's defaults; last good on any error.
+
+        The source's defaults and the breaker's own key are merged before
+        validation, so a combination valid only merged (defaults
+        ``open_duration: 100``, own ``open_duration_max: 500``) is accepted.
+        """
+        own = self._source_breakers.get(name)
         try:
-            config = BreakerConfig.from_mapping(
-                self._source_defaults, base=self.defaults, unknown="ignore"
+            return BreakerConfig.from_mapping(
+                {**self._source_defaults, **(own or {})}, base=self.defaults, unknown="ignore"
             )
         except ConfigError as exc:
-            return self._rejected(name, "defaults", exc, last_good, events)
-        own = self._source_breakers.get(name)
-        if own is not None:
-            try:
-                config = BreakerConfig.from_mapping(own, base=config, unknown="ignore")
-            except ConfigError as exc:
-                return self._rejected(name, f"breakers/{name}", exc, last_good, events)
-        return config
+            key = f"breakers/{name}" if own is not None and exc.field in own else "defaults"
+            return self._rejected(name, key, exc, last_good, events)
 
     def _rejected(
         self,
@@ -289,7 +289,7 @@ class Hub:
         if self.store is not None:
             await self.store.close()
 
-    async def __aenter__(self) -> Hub:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -301,7 +301,7 @@ class Hub:
     ) -> None:
         await self.close()
 
-    def __enter__(self) -> Hub:
+    def __enter__(self) -> Self:
         """Sync use: the hub's I/O runs on an event loop in a thread of its own."""
         if self.store is None and self.source is None:
             return self

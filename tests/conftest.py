@@ -8,6 +8,7 @@ leaves a child process of ours behind (and ends those processes, by PID).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -16,6 +17,10 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from resilient.testing.servers import EtcdServer, RedisServer
+
+# gRPC's fork handlers can crash the children mirakuru forks (with preexec_fn) to run
+# etcd while gRPC threads are busy; the suite forks no gRPC users.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 if TYPE_CHECKING:
     from resilient.testing.upstream import Upstream

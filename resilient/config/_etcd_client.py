@@ -276,7 +276,7 @@ class EtcdClient(Protocol):
 
 def _grpc() -> Any:
     """The grpc module (installed with aetcd; it has no type stubs)."""
-    import grpc  # type: ignore[import-untyped]
+    import grpc
 
     return grpc
 

@@ -172,7 +172,7 @@ def document_schema() -> dict[str, Any]:
 
 @functools.cache
 def _validator(which: str) -> Any:
-    import jsonschema  # type: ignore[import-untyped]
+    import jsonschema
 
     schema = document_schema() if which == "document" else breaker_schema()
     if which != "document":

@@ -18,11 +18,6 @@ from resilient.cli import EXIT_CONFLICT, EXIT_INVALID, app
 from resilient.config._etcd_client import AetcdClient, Connection, Endpoint, Range
 from resilient.testing.servers import EtcdServer
 
-# gRPC's fork handlers crash a child forked while its threads are busy (mirakuru forks
-# with preexec_fn to start etcd while this process holds channels); the children here
-# exec at once and never use gRPC, so the handlers are not needed. Read at gRPC init.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
 P = "/cli/svc"
 
 FLEET = """\

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -37,11 +36,6 @@ from resilient.config.etcd import PushConflict
 from resilient.events import ConfigChanged, ConfigRejected, Event
 from resilient.hub import Hub
 from resilient.testing.servers import EtcdServer
-
-# gRPC's fork handlers crash a child forked while its threads are busy (mirakuru forks
-# with preexec_fn to start etcd while this process holds channels); the children here
-# exec at once and never use gRPC, so the handlers are not needed. Read at gRPC init.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 P = "/it/svc"
 DEFAULT = BreakerConfig()
