@@ -224,7 +224,7 @@ else
     to('half_open', 'open duration elapsed')
   end
   if state == 'closed' then
-    if trip ~= '' and width <= 0 then
+    if trip ~= '' then  -- the requester judged the fleet window with what only it sees
       open('trip: ' .. trip)
     elseif calls >= minimum and calls > 0 then
       if failures / calls >= fthr then open('failure rate')

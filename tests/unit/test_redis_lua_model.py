@@ -157,7 +157,7 @@ class Model:
             if state == "open" and open_until and now >= float(open_until):
                 to("half_open", "open duration elapsed")
             if state == "closed":
-                if trip and width <= 0:
+                if trip:
                     open_("trip: " + trip)
                 elif calls >= minimum and calls > 0:
                     if failures / calls >= fthr:

@@ -1,0 +1,556 @@
+"""Breaker state shared by a fleet of processes through Redis.
+
+One idea: the hot path never waits on Redis. Each breaker counts locally;
+a background task flushes what changed at most once per ``sync_interval``
+(and at once when a breaker asks, through ``link.wake()``: a fleet trip, a
+half-open breaker wanting probe tokens), in one pipelined round trip with one
+``EVALSHA`` per breaker that has something to send. The script
+(``_lua.FLUSH``) decides every fleet transition atomically and answers with
+the fleet's view, which the breaker applies (``sync_in``). Transitions are
+also PUBLISHed; a listener applies them within milliseconds.
+
+Concurrency: everything here runs on the event loop that ran ``start()``
+(the hub's, or the hub's own thread under ``with Hub(...)``). ``attach`` and
+``wake`` may be called from any thread: they touch only a dict, a set and
+the loop's thread-safe callback queue. The breaker methods of the seam are
+thread-safe and never block.
+
+Faults: nothing raised by Redis or the network reaches a caller. A flush that
+fails hands its outboxes back (``sync_failed``: the breakers run on local
+state, marked degraded) and the store retries with a backoff capped at
+``RETRY_MAX`` seconds, so it re-syncs within a second of Redis returning.
+An outage is logged once when it starts and once when it ends. Redis
+restarted empty is an outage followed by a fleet state rebuilt from what the
+processes send; a script missing after a restart is loaded again.
+
+Secrets: a URL's password is never logged nor shown in ``repr``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError
+
+from resilient.stores import _lua
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+    from resilient.breaker import CircuitBreaker
+    from resilient.fleet import FleetView, Outbox
+    from resilient.hub import Hub
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger("resilient.redis")
+
+RETRY_MAX: Final = 0.5  # seconds between attempts while Redis is unreachable
+AUTH_RETRY: Final = 5.0  # ... when it refuses our credentials (it will not change its mind soon)
+LISTEN_POLL: Final = 1.0  # seconds a listener waits for a message before looking at `closing`
+SCAN_COUNT: Final = 1000
+SCHEMES: Final = ("redis", "rediss", "unix")
+
+Client = aioredis.Redis | RedisCluster
+
+
+class RedisStore:
+    """Share breaker windows and states with every process using the same Redis.
+
+    Args:
+        url_or_client: ``redis://[user:password@]host:port/db``, ``rediss://``
+            (TLS) or ``unix://``; or a ``redis.asyncio.Redis`` /
+            ``redis.asyncio.cluster.RedisCluster`` client (the caller keeps
+            it: ``close()`` leaves it open; give it short timeouts and no
+            retries, as the store does for the clients it makes).
+        namespace: the key namespace; None takes the hub's.
+        sync_interval: seconds between flushes of a breaker's counts.
+        timeout: seconds a connect, a command or a flush may take before the
+            store treats Redis as unreachable for now.
+        client_options: more keyword arguments for ``redis.asyncio.Redis.from_url``
+            (``ssl_ca_certs=...`` for ``rediss://``, ``username=``, ...).
+
+    Raises:
+        ValueError: a bad option, named (the URL is quoted without its password).
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | Client,
+        *,
+        namespace: str | None = None,
+        sync_interval: float = 0.1,
+        timeout: float = 0.25,
+        **client_options: Any,
+    ) -> None:
+        for what, value in (("sync_interval", sync_interval), ("timeout", timeout)):
+            if not isinstance(value, int | float) or not (0 < value < math.inf):
+                raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+        if namespace is not None:
+            _lua.keys_for(namespace, "x")  # checks the namespace against the name rule
+        self._secrets: tuple[str, ...] = ()
+        if isinstance(url_or_client, str):
+            self._where = _redacted(url_or_client)
+            if urlsplit(url_or_client).scheme not in SCHEMES:
+                raise ValueError(
+                    f"url must start with redis://, rediss:// or unix://, got {self._where!r}"
+                )
+            self._secrets = _url_secrets(url_or_client, client_options)
+            self._url: str | None = url_or_client
+            self._client: Client | None = None
+        elif isinstance(url_or_client, aioredis.Redis | RedisCluster):
+            self._where = _describe(url_or_client)
+            self._url = None
+            self._client = url_or_client
+        else:
+            raise ValueError(
+                "url_or_client must be a redis:// URL or a redis.asyncio client, "
+                f"got {type(url_or_client).__name__}"
+            )
+        self._options = client_options
+        self._namespace = namespace
+        self.sync_interval = float(sync_interval)
+        self.timeout = float(timeout)
+        # Shared with other threads (attach, wake): a dict and a set, changed atomically.
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._keys: dict[str, _lua.Keys] = {}
+        self._refresh: set[str] = set()  # names to READ at the next flush
+        self._degraded: set[str] = set()  # names told sync_failed and not answered since
+        # Loop-side state.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._wake = asyncio.Event()
+        self._views: dict[str, tuple[FleetView, float]] = {}  # last view and when (monotonic)
+        self._ns = namespace or "default"
+        self._connected = False
+        self._down_since: float | None = None
+        self._refused = False  # the outage is Redis refusing our credentials
+        self._errors_logged: set[str] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ the seam
+
+    async def start(self, hub: Hub) -> None:
+        """Connect, load every breaker state of the namespace, start syncing.
+
+        Never raises for an unreachable Redis: it logs once and keeps trying
+        in the background; breakers run on local state meanwhile.
+        """
+        if self._runner is not None:
+            return
+        self._ns = self._namespace or hub.namespace
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake = asyncio.Event()
+        self._closing = False
+        if self._client is None:
+            assert self._url is not None
+            self._client = aioredis.Redis.from_url(
+                self._url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 0),  # a refused call is an outage, not a 3 s wait
+                client_name="resilient",
+                **self._options,
+            )
+        await self._connect()
+        self._runner = asyncio.create_task(self._run(), name="resilient-redis-sync")
+
+    def attach(self, breaker: CircuitBreaker) -> None:
+        """Share ``breaker``: link it, give it the fleet's state if known, sync it soon."""
+        name = breaker.name
+        namespace = self._namespace or breaker.namespace or self._ns
+        self._keys[name] = _lua.keys_for(namespace, name)
+        breaker.link_store(_Link(self))
+        self._breakers[name] = breaker
+        known = self._views.get(name)
+        if known is not None:
+            breaker.sync_in(_aged(*known))
+        self._refresh.add(name)
+        self._request_flush()
+
+    async def close(self) -> None:
+        """Flush a last time, stop listening and close the connections the store made."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner  # ends with a final flush (bounded by the timeouts)
+        await self._stop_listener()
+        client = self._client
+        if client is not None and self._url is not None:
+            self._client = None
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisStore({self._where!r}, namespace={self._namespace!r}, "
+            f"sync_interval={self.sync_interval}, breakers={len(self._breakers)})"
+        )
+
+    # ------------------------------------------------------------------ waking
+
+    def _request_flush(self) -> None:
+        """Thread-safe: have the loop flush soon (a no-op before ``start``)."""
+        loop = self._loop
+        if loop is None or self._closing:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(self._wake.set)
+
+    # ------------------------------------------------------------------ connecting
+
+    async def _connect(self) -> bool:
+        """Load the scripts and the namespace's states, and listen. False if unreachable."""
+        client = self._client
+        assert client is not None
+        if self._down_since is not None and isinstance(client, aioredis.Redis):
+            # Idle connections from before the outage are dead: drop them, not a call.
+            await client.connection_pool.disconnect(inuse_connections=False)
+        try:
+            await client.script_load(_lua.FLUSH)
+            await client.script_load(_lua.READ)
+            views = await self._load_namespace(client)
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            return False
+        now = time.monotonic()
+        for name, view in views.items():
+            self._remember(name, view, now)
+            breaker = self._breakers.get(name)
+            if breaker is not None:
+                breaker.sync_in(view)
+        self._refresh.update(self._breakers)  # those with no state yet, and any missed
+        self._connected = True
+        self._start_listener()
+        return True
+
+    async def _load_namespace(self, client: Client) -> dict[str, FleetView]:
+        """Every breaker state of the namespace (SCAN, then one pipelined READ)."""
+        names = []
+        async for key in client.scan_iter(match=_lua.state_pattern(self._ns), count=SCAN_COUNT):
+            name = _lua.name_from_key(self._ns, _text(key), "state")
+            if name is not None:
+                names.append(name)
+        if not names:
+            return {}
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            keys = _lua.Keys(self._ns, name)
+            pipe.evalsha(_lua.READ_SHA, 2, keys.state, keys.window, "")
+        replies = await pipe.execute()
+        views = {}
+        for name, reply in zip(names, replies, strict=True):
+            view = _lua.parse_reply(reply)
+            if view is not None:
+                views[name] = view
+        return views
+
+    # ------------------------------------------------------------------ flushing
+
+    async def _run(self) -> None:
+        """Flush every ``sync_interval`` (or when woken); back off while Redis is away."""
+        backoff = self.sync_interval
+        while True:
+            if self._connected:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.sync_interval):
+                        await self._wake.wait()
+            elif not self._closing:
+                await asyncio.sleep(backoff)  # wakes wait too: no storm of connects
+            self._wake.clear()
+            closing = self._closing
+            if self._connected or await self._connect():
+                ok = await self._flush()
+            else:
+                self._failed(self._collect())  # what could not be sent is kept, bounded
+                ok = False
+            if ok:
+                backoff = self.sync_interval
+                self._came_back()
+            else:
+                backoff = AUTH_RETRY if self._refused else min(backoff * 2, RETRY_MAX)
+            if closing:
+                return
+
+    async def _flush(self) -> bool:
+        """One round trip: an EVALSHA per breaker with news, a READ per one to refresh."""
+        client = self._client
+        assert client is not None
+        boxes = self._collect()
+        reads = [n for n in list(self._refresh) if n in self._breakers]
+        self._refresh.difference_update(reads)
+        sent = {box.name for _, box in boxes}
+        reads = [n for n in reads if n not in sent]
+        if not boxes and not reads:
+            return True
+        calls: list[tuple[str, str, list[Any]]] = []  # (name, sha, args)
+        for breaker, box in boxes:
+            try:
+                args = _lua.flush_args(box, self._keys[box.name].channel)
+            except ValueError as exc:  # a breaker bug: drop this outbox, say so once
+                self._log_once("outbox", "resilient: outbox of %r not sent: %s", box.name, exc)
+                continue
+            calls.append((breaker.name, _lua.FLUSH_SHA, args))
+        calls.extend((name, _lua.READ_SHA, [""]) for name in reads)
+        try:
+            replies = await self._execute(client, calls)
+        except (RedisError, OSError) as exc:
+            self._failed(boxes)
+            self._refresh.update(reads)
+            self._went_down(exc)
+            return False
+        failed = {box.name: box for _, box in boxes}
+        now = time.monotonic()
+        for (name, _, _), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                self._log_once("reply", "resilient: Redis refused a sync of %r: %s", name, reply)
+                continue
+            try:
+                view = _lua.parse_reply(reply)
+            except ValueError as exc:
+                self._log_once("reply", "resilient: bad fleet reply for %r: %s", name, exc)
+                continue
+            failed.pop(name, None)
+            self._degraded.discard(name)
+            if view is None:
+                continue
+            self._remember(name, view, now)
+            target = self._breakers.get(name)
+            if target is not None:
+                target.sync_in(view)
+        self._failed([(b, box) for b, box in boxes if box.name in failed])
+        return True
+
+    def _collect(self) -> list[tuple[CircuitBreaker, Outbox]]:
+        """Every breaker's outbox; an empty one for a quiet breaker still degraded
+        (it must hear the fleet once to run on the fleet's state again)."""
+        boxes = []
+        for name, breaker in list(self._breakers.items()):
+            box = breaker.sync_out()
+            if box is None and name in self._degraded:
+                box = _empty_outbox(breaker)
+            if box is not None:
+                boxes.append((breaker, box))
+        return boxes
+
+    def _failed(self, boxes: list[tuple[CircuitBreaker, Outbox]]) -> None:
+        for breaker, box in boxes:
+            breaker.sync_failed(box)
+            self._degraded.add(breaker.name)
+
+    async def _execute(self, client: Client, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+        """Run the calls in one pipeline; load the scripts and rerun any NOSCRIPT ones."""
+        replies = await self._pipeline(client, calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # Redis restarted (or flushed its scripts): a script never ran
+            await client.script_load(_lua.FLUSH)
+            await client.script_load(_lua.READ)
+            again = await self._pipeline(client, [calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, client: Client, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for name, sha, args in calls:
+            keys = self._keys[name]
+            pipe.evalsha(sha, 2, keys.state, keys.window, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    def _remember(self, name: str, view: FleetView, at: float) -> None:
+        self._views[name] = (dataclasses.replace(view, tokens=0), at)
+
+    # ------------------------------------------------------------------ listening
+
+    def _start_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="resilient-redis-listen")
+
+    async def _stop_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _listen(self) -> None:
+        """Apply published transitions until closed; resubscribe after a failure."""
+        client = self._client
+        assert client is not None
+        pubsub: PubSub | None = None
+        pattern = _lua.channel_pattern(self._ns)
+        try:
+            while not self._closing:
+                try:
+                    if pubsub is None:
+                        pubsub = client.pubsub(ignore_subscribe_messages=True)
+                        await pubsub.psubscribe(pattern)
+                        self._refresh.update(self._breakers)  # what we missed meanwhile
+                        self._request_flush()
+                    message = await pubsub.get_message(timeout=LISTEN_POLL)
+                except (RedisError, OSError) as exc:
+                    self._went_down(exc)
+                    await _close_pubsub(pubsub)
+                    pubsub = None
+                    await asyncio.sleep(RETRY_MAX)
+                    continue
+                if message is not None:
+                    self._apply_message(_text(message.get("channel", b"")), message.get("data"))
+        finally:
+            await _close_pubsub(pubsub)
+
+    def _apply_message(self, channel: str, data: object) -> None:
+        name = _lua.name_from_key(self._ns, channel, "events")
+        if name is None or not isinstance(data, bytes | str):
+            return
+        view = _lua.parse_message(data)
+        if view is None:
+            self._log_once("message", "resilient: ignored a malformed message on %s", channel)
+            return
+        known = self._views.get(name)
+        if known is not None and known[0].generation > view.generation:
+            return  # older than what a flush already answered
+        self._remember(name, view, time.monotonic())
+        breaker = self._breakers.get(name)
+        if breaker is not None:
+            breaker.sync_in(view)
+
+    # ------------------------------------------------------------------ outages
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._connected = False
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._refused = isinstance(exc, AuthenticationError)
+            log.warning(
+                "resilient: Redis at %s unreachable (%s: %s); breakers run on local state",
+                self._where,
+                type(exc).__name__,
+                self._scrub(str(exc)),
+            )
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "resilient: Redis at %s reachable again after %.1f s",
+                self._where,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+            self._refused = False
+            self._errors_logged.clear()
+
+    def _log_once(self, kind: str, message: str, *args: object) -> None:
+        if kind not in self._errors_logged:
+            self._errors_logged.add(kind)
+            log.warning(message, *(self._scrub(str(a)) for a in args))
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class _Link:
+    """What a breaker holds of its store: a thread-safe "sync me soon"."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    def wake(self) -> None:
+        self._store._request_flush()
+
+
+def _empty_outbox(breaker: CircuitBreaker) -> Outbox:
+    """An outbox with nothing to send: the fleet answers it with its view."""
+    from resilient.fleet import Outbox
+
+    cfg = breaker.config
+    timed = cfg.window == "time"
+    return Outbox(
+        name=breaker.name,
+        window_width=cfg.window_size / cfg.buckets if timed else 0.0,
+        buckets=cfg.buckets if timed else 0,
+        deltas=(),
+        probe_calls=0,
+        probe_failures=0,
+        probe_slow=0,
+        probe_generation=-1,
+        tokens_wanted=0,
+        manual=None,
+        trip=None,
+        config=cfg,
+        jitter=0.0,
+    )
+
+
+def _aged(view: FleetView, at: float) -> FleetView:
+    """A remembered view with ``now`` moved on by the time since it was seen."""
+    return dataclasses.replace(view, now=view.now + (time.monotonic() - at))
+
+
+async def _close_pubsub(pubsub: PubSub | None) -> None:
+    if pubsub is not None:
+        with contextlib.suppress(RedisError, OSError):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redacted(url: str) -> str:
+    """``url`` with its user info and query (where passwords hide) left out."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    auth = "***@" if parts.username or parts.password else ""
+    return f"{parts.scheme}://{auth}{host}{port}{parts.path}"
+
+
+def _url_secrets(url: str, options: dict[str, Any]) -> tuple[str, ...]:
+    parts = urlsplit(url)
+    found = [parts.password, unquote(parts.password or ""), options.get("password")]
+    for item in parts.query.split("&"):
+        key, _, value = item.partition("=")
+        if key == "password":
+            found.append(unquote(value))
+    return tuple(s for s in found if isinstance(s, str) and len(s) >= 3)
+
+
+def _describe(client: Client) -> str:
+    """Where a caller's client points, without its credentials."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        return f"cluster {node.host}:{node.port}" if node is not None else "cluster"
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"

@@ -1,0 +1,429 @@
+"""RedisStore against a real redis-server, with several hubs in one process.
+
+Each hub has its own store and connections, as a process of a fleet would;
+tests/integration/test_redis_fleet.py does the same with real processes.
+Waits are bounded polls (never sleeps standing in for timing logic); the
+bounds are generous, the measured figures are in bench/redis_store.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import port_for  # type: ignore[import-untyped, unused-ignore]
+import pytest
+
+from resilient import CircuitBreaker, CircuitOpenError, Hub, State
+from resilient.stores import _lua
+from resilient.stores.redis import RedisStore
+from resilient.testing.servers import RedisServer
+
+CONFIG = {"minimum_calls": 4, "open_duration": 1.0, "window_size": 5, "buckets": 5}
+BOUND = 2.0  # seconds: generous for a loaded CI box; the real figures are milliseconds
+
+
+class Boom(OSError):
+    pass
+
+
+def fail() -> str:
+    raise Boom("down")
+
+
+def ok() -> str:
+    return "ok"
+
+
+def run(br: CircuitBreaker, fn: Callable[[], str], times: int = 1) -> list[str]:
+    """Call ``fn`` through ``br``; what happened to each call, by name."""
+    seen = []
+    for _ in range(times):
+        try:
+            br(fn)()
+            seen.append("ok")
+        except Boom:
+            seen.append("failed")
+        except CircuitOpenError:
+            seen.append("rejected")
+    return seen
+
+
+async def until(check: Callable[[], bool], bound: float = BOUND) -> float:
+    """Poll ``check`` until true; the seconds it took (fails the test past ``bound``)."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > bound:
+            raise AssertionError(f"not true within {bound} s")
+        await asyncio.sleep(0.002)
+    return time.monotonic() - start
+
+
+def state_hash(server: RedisServer, namespace: str, name: str) -> dict[str, str]:
+    keys = _lua.keys_for(namespace, name)
+    with server.client(decode_responses=True) as client:
+        found: dict[str, str] = client.hgetall(keys.state)
+    return found
+
+
+@pytest.fixture
+async def hubs(redis_server_session: RedisServer) -> AsyncIterator[Callable[..., Any]]:
+    """Make started hubs on the session's Redis (a fresh namespace per test); closed after."""
+    made: list[Hub] = []
+    namespace = f"t{time.monotonic_ns()}"
+
+    async def make(**store_options: Any) -> Hub:
+        store = RedisStore(redis_server_session.url, **store_options)
+        hub = Hub(namespace, store=store, defaults=CONFIG)
+        await hub.start()
+        made.append(hub)
+        return hub
+
+    yield make
+    for hub in made:
+        await hub.close()
+
+
+# ------------------------------------------------------------------ sharing
+
+
+async def test_the_fleet_window_trips_every_hub(hubs: Callable[..., Any]) -> None:
+    a, b = await hubs(), await hubs()
+    ba, bb = a.breaker("dep"), b.breaker("dep")
+    assert run(ba, fail, 3) == ["failed"] * 3  # 3 < minimum_calls: nobody opens alone
+    await until(lambda: bb.snapshot().degraded is False and bb._fleet.calls >= 3)
+    assert run(bb, fail) == ["failed"]  # the fleet's 4th failure
+    assert bb.state is State.OPEN
+    took = await until(lambda: ba.state is State.OPEN)
+    assert took < BOUND
+    assert run(ba, ok) == ["rejected"]
+    assert ba.snapshot().open_until == pytest.approx(bb.snapshot().open_until, abs=0.05)
+
+
+async def test_a_hub_started_later_starts_in_the_fleets_state(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    a = await hubs()
+    ba = a.breaker("dep")
+    ba.update_config(ba.config.__class__(**{**CONFIG, "open_duration": 30.0}))
+    run(ba, fail, 2)
+    await asyncio.sleep(0.25)  # a flush
+    b = await hubs()
+    bb = b.breaker("dep")
+    run(bb, fail, 2)  # the fleet trips with 30 s to run
+    await until(lambda: ba.state is State.OPEN)
+    stored = float(state_hash(redis_server_session, a.namespace, "dep")["open_until"])
+    c = await hubs()  # started after the trip; its breaker made after start
+    bc = c.breaker("dep")
+    assert bc.state is State.OPEN
+    assert bc.snapshot().open_until == pytest.approx(stored, abs=0.05)
+    assert run(bc, ok) == ["rejected"]
+
+
+async def test_a_breaker_made_before_start_gets_the_fleets_state(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    a = await hubs()
+    a.breaker("dep").force_open()
+    await until(
+        lambda: state_hash(redis_server_session, a.namespace, "dep").get("state") == "forced_open"
+    )
+    hub = Hub(a.namespace, store=RedisStore(redis_server_session.url), defaults=CONFIG)
+    early = hub.breaker("dep")
+    assert early.state is State.CLOSED
+    async with hub:
+        assert early.snapshot().state is State.FORCED_OPEN
+
+
+async def test_manual_states_apply_fleet_wide_and_persist(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    a, b = await hubs(), await hubs()
+    ba, bb = a.breaker("dep"), b.breaker("dep")
+    ba.force_open()
+    await until(lambda: bb.state is State.FORCED_OPEN)
+    with redis_server_session.client() as client:
+        assert client.pttl(_lua.keys_for(a.namespace, "dep").state) == -1  # no expiry
+    bb.reset()
+    await until(lambda: ba.state is State.CLOSED)
+    ba.disable()
+    await until(lambda: bb.state is State.DISABLED)
+    assert run(bb, fail, 10) == ["failed"] * 10  # DISABLED: never opens
+    bb.reset()
+    await until(lambda: ba.state is State.CLOSED)
+    with redis_server_session.client() as client:
+        assert client.pttl(_lua.keys_for(a.namespace, "dep").state) > 0
+
+
+async def test_a_local_fault_opens_one_hub_and_is_not_published(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    a, b = await hubs(), await hubs()
+    ba, bb = a.breaker("dep"), b.breaker("dep")
+    run(bb, ok, 40)  # the fleet is healthy
+    await until(lambda: ba._fleet is not None and ba._fleet.calls >= 40)
+    assert run(ba, fail, 5)[:4] == ["failed"] * 4  # our own 4 of 4 failed: open here
+    assert ba.state is State.OPEN
+    await asyncio.sleep(0.3)  # three sync intervals: time enough to spread, if it did
+    assert bb.state is State.CLOSED
+    assert state_hash(redis_server_session, a.namespace, "dep")["state"] == "closed"
+
+
+async def test_commands_are_bounded_by_the_sync_interval(
+    redis_server: RedisServer,
+) -> None:
+    async with Hub("bounded", store=RedisStore(redis_server.url), defaults=CONFIG) as hub:
+        breakers = [hub.breaker(f"dep{i}") for i in range(3)]
+        await asyncio.sleep(0.3)  # the first reads
+        redis_server.reset_stats()
+        start = time.monotonic()
+        calls = 0
+        while time.monotonic() - start < 1.0:
+            for br in breakers:
+                run(br, ok, 50)
+                calls += 50
+            await asyncio.sleep(0)
+        elapsed = time.monotonic() - start
+        stats = redis_server.command_stats()
+    evalsha = stats.get("evalsha", {}).get("calls", 0.0)
+    # at most one per breaker per interval (+1 each for a flush at either edge)
+    assert evalsha <= len(breakers) * (elapsed / 0.1 + 2)
+    assert evalsha >= len(breakers) * 3  # and it did sync
+    assert calls > 10 * evalsha
+
+
+# ------------------------------------------------------------------ faults
+
+
+async def test_an_unreachable_redis_at_start_costs_callers_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = port_for.select_random()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="resilient.redis"):
+        async with Hub("down", store=store, defaults=CONFIG) as hub:
+            assert time.monotonic() - start < 1.0
+            assert run(hub.breaker("other"), ok, 3) == ["ok"] * 3
+            br = hub.breaker("dep")
+            assert run(br, fail, 4) == ["failed"] * 4
+            assert run(br, ok) == ["rejected"]  # local breaking still works
+            await until(lambda: br.snapshot().degraded)
+            await asyncio.sleep(1.2)  # several reconnect attempts
+    down = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(down) == 1
+
+
+async def test_redis_killed_and_restarted_empty(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="resilient.redis")
+    a = Hub("kill", store=RedisStore(redis_server.url), defaults=CONFIG)
+    b = Hub("kill", store=RedisStore(redis_server.url), defaults=CONFIG)
+    async with a, b:
+        ba, bb = a.breaker("dep"), b.breaker("dep")
+        errors: list[BaseException] = []
+
+        async def load(br: CircuitBreaker, stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                try:
+                    br(ok)()
+                except CircuitOpenError:
+                    pass
+                except BaseException as exc:  # anything else is a caller error
+                    errors.append(exc)
+                await asyncio.sleep(0.001)
+
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(load(br, stop)) for br in (ba, bb)]
+        await asyncio.sleep(0.3)
+        redis_server.kill()
+        await until(lambda: ba.snapshot().degraded and bb.snapshot().degraded)
+        await asyncio.sleep(0.5)
+        redis_server.restart(keep_data=False)
+        back = await until(lambda: not ba.snapshot().degraded and not bb.snapshot().degraded)
+        assert back < 1.5  # re-synced within a second or so of Redis returning
+        await until(lambda: bool(state_hash(redis_server, "kill", "dep")))
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert errors == []
+        # converged: both hubs share the fleet's state again
+        ba.force_open()
+        await until(lambda: bb.state is State.FORCED_OPEN)
+        bb.reset()
+        await until(lambda: ba.state is State.CLOSED)
+    outages = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert 1 <= len(outages) <= 2  # the flush and the listener may each notice first, once
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(redis_server: RedisServer) -> None:
+    async with Hub("noscript", store=RedisStore(redis_server.url), defaults=CONFIG) as hub:
+        br = hub.breaker("dep")
+        await asyncio.sleep(0.2)
+        with redis_server.client() as client:
+            client.script_flush()
+        run(br, fail, 4)
+        await until(lambda: state_hash(redis_server, "noscript", "dep").get("state") == "open")
+        assert not br.snapshot().degraded
+
+
+async def test_malformed_messages_are_ignored(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    import pickle
+
+    a = await hubs()
+    br = a.breaker("dep")
+    channel = _lua.keys_for(a.namespace, "dep").channel
+    bad = [
+        pickle.dumps({"state": "open"}),
+        b"{not json",
+        json.dumps({"state": "open", "open_until": 1e18, "now": 0}).encode(),  # fields missing
+        json.dumps({"state": "forced_open"}).encode(),
+    ]
+    with redis_server_session.client() as client:
+        await asyncio.sleep(0.2)  # subscribed
+        for data in bad:
+            client.publish(channel, data)
+    await asyncio.sleep(0.2)
+    assert br.state is State.CLOSED
+    assert run(br, ok) == ["ok"]
+
+
+async def test_keys_expire(hubs: Callable[..., Any], redis_server_session: RedisServer) -> None:
+    a = await hubs()
+    br = a.breaker("dep")
+    run(br, fail, 1)
+    keys = _lua.keys_for(a.namespace, "dep")
+    with redis_server_session.client() as client:
+        await until(lambda: client.exists(keys.window) == 1)
+        assert 0 < client.pttl(keys.state) <= (2 * 60 + 60) * 1000
+        assert 0 < client.pttl(keys.window) <= (2 * 60 + 60) * 1000
+
+
+async def test_a_sync_hub_shares_state_from_a_thread(redis_server_session: RedisServer) -> None:
+    namespace = f"sync{time.monotonic_ns()}"
+    with Hub(namespace, store=RedisStore(redis_server_session.url), defaults=CONFIG) as a:
+        async with Hub(namespace, store=RedisStore(redis_server_session.url), defaults=CONFIG) as b:
+            a.breaker("dep").force_open()
+            await until(lambda: b.breaker("dep").state is State.FORCED_OPEN)
+
+
+# ------------------------------------------------------------------ secrets and TLS
+
+
+PASSWORD = "s3cr:t/p@ss w0rd"
+
+
+@pytest.fixture
+def redis_with_password() -> Iterator[RedisServer]:
+    with RedisServer(password=PASSWORD) as server:
+        yield server
+
+
+async def test_auth_works_and_the_password_never_shows(
+    redis_with_password: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="resilient")
+    store = RedisStore(redis_with_password.url)
+    assert "p@ss" not in repr(store) and "s3cr" not in repr(store)
+    async with Hub("auth", store=store, defaults=CONFIG) as hub:
+        br = hub.breaker("dep")
+        run(br, fail, 4)
+        await until(lambda: state_hash(redis_with_password, "auth", "dep").get("state") == "open")
+        assert "s3cr" not in repr(store)
+    wrong = redis_with_password.url.replace("s3cr", "nope")
+    start = time.monotonic()
+    async with Hub("auth", store=RedisStore(wrong), defaults=CONFIG) as hub:
+        assert time.monotonic() - start < 1.0
+        assert run(hub.breaker("dep"), ok) == ["ok"]
+    text = caplog.text + "".join(repr(r.args) for r in caplog.records)
+    assert "s3cr" not in text and "nope" not in text
+    assert any("unreachable" in r.getMessage() for r in caplog.records)
+
+
+def test_reprs_and_errors_leave_secrets_out() -> None:
+    store = RedisStore("redis://user:hunter22@10.0.0.1:6380/2?password=hunter33")
+    assert repr(store).startswith("RedisStore('redis://***@10.0.0.1:6380/2'")
+    assert "hunter" not in repr(store)
+    with pytest.raises(ValueError, match="redis://, rediss://") as info:
+        RedisStore("http://user:hunter22@host/")
+    assert "hunter" not in str(info.value)
+    with pytest.raises(ValueError, match="sync_interval"):
+        RedisStore("redis://h", sync_interval=0)
+    with pytest.raises(ValueError, match="timeout"):
+        RedisStore("redis://h", timeout=math_inf())
+    with pytest.raises(ValueError, match="namespace"):
+        RedisStore("redis://h", namespace="a b")
+    with pytest.raises(ValueError, match="url_or_client"):
+        RedisStore(42)  # type: ignore[arg-type]
+
+
+def math_inf() -> float:
+    return float("inf")
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A redis-server speaking TLS only, with a throwaway CA; (rediss URL, CA file)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    ca_key, ca, key, csr, cert = (
+        tmp_path / n for n in ("ca.key", "ca.pem", "k.pem", "c.csr", "c.pem")
+    )
+
+    def ssl(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+        "-days", "1", "-subj", "/CN=resilient-test-ca")  # fmt: skip
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
+    port = port_for.select_random()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        import socket
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("redis-server with TLS did not start")
+                time.sleep(0.02)
+        yield f"rediss://127.0.0.1:{port}/0", ca
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+async def test_rediss_works(tls_redis: tuple[str, Path]) -> None:
+    url, ca = tls_redis
+    store = RedisStore(url, ssl_ca_certs=str(ca))
+    other = RedisStore(url, ssl_ca_certs=str(ca))
+    async with Hub("tls", store=store, defaults=CONFIG) as a, Hub("tls", store=other) as b:
+        a.breaker("dep").force_open()
+        await until(lambda: b.breaker("dep").state is State.FORCED_OPEN)
+        assert not a.breaker("dep").snapshot().degraded
