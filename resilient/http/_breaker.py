@@ -8,7 +8,7 @@ route (``host:port/path``) with ``per="route"``. The breakers live in a
 ``Hub`` (the default hub if none is given), so their state can be shared
 through Redis and their thresholds steered from etcd like any other.
 
-What counts (``classify``): connection errors and timeouts are failures;
+What counts: connection errors and timeouts are failures;
 responses with a 5xx status or 429 are failures but are *returned*, as
 aiohttp returns them, never raised; every other response, 4xx included, is a
 success (the host answered; the request was wrong). A rejected request
@@ -17,24 +17,29 @@ raises ``HostCircuitOpenError``, which is both a ``CircuitOpenError`` and an
 catches it), and opens no connection.
 
 The HTTP layer's breakers have defaults of their own (``HTTP_DEFAULTS``),
-chosen for the way HTTP dependencies fail, and documented in
-docs/guides/http.md:
+chosen for the way HTTP dependencies fail; docs/guides/http.md has the
+arithmetic. In one sentence: *open when the last 20 calls all failed, or all
+were slow*.
 
-- a count window of the last 10 calls: the trip needs a fixed number of
-  outcomes whatever the request rate, so the number of requests sent into an
-  outage before the trip is bounded too;
-- ``slow_call_rate_threshold=1.0`` with ``slow_call_duration="auto"``: the
-  breaker opens on slowness only when *every* recent call is slow (a hang),
-  never on a share of slow calls (a brownout, which retries handle), and the
-  slow limit is learned from the host's own healthy latency (``AutoSlow``:
-  4x its p99, at least 50 ms, at most half the total timeout), so a healthy
-  but slow API is never tripped;
-- ``failure_rate_threshold=0.9``: a brownout where half the calls fail keeps
-  the breaker closed (retries inside the budget help there; a breaker cannot);
-- ``open_duration=0.4`` backing off to at most ``0.8`` s: recovery is seen
-  within a second of the heal, while a long outage costs one probe per 0.8 s;
+- A count window of 20 calls, ``failure_rate_threshold=1.0`` and
+  ``slow_call_rate_threshold=1.0``: a host that stops answering is seen after
+  20 failed attempts whatever the request rate (with a learned attempt
+  timeout of 50 ms, about 0.2 s at 150 requests/s), so few requests go into
+  an outage; a brownout, where half the calls fail or hang, never shows 20
+  failures in a row (odds of 1 in 2**20 per call), and a healthy but slow API
+  never shows 20 slow calls in a row. Retries inside the budget help a
+  brownout; a breaker cannot.
+- ``slow_call_duration="auto"`` (``http_auto_slow``): 4x the host's healthy
+  p99, at least 50 ms, at most half the request's total timeout. The learned
+  attempt timeout is never shorter (``guard()``), so an attempt that times
+  out is a slow failure, and a host where every call hangs opens on the slow
+  rule whether its requests time out (idempotent ones) or hang on
+  (the others).
+- ``open_duration=0.3`` backing off to at most ``0.6`` s: recovery is seen
+  well within a second of the heal, and a long outage costs one probe per
+  0.6-0.8 s.
 - ``half_open_calls=1``: one request per round reaches a host that may still
-  be down;
+  be down (and gets more time than other attempts: ``guard()``).
 - ``cancel_on_open=True``: when the breaker opens, requests already past the
   slow limit fail at once instead of waiting out their timeouts.
 
@@ -50,7 +55,7 @@ import inspect
 import re
 from collections.abc import Callable, Hashable, Mapping
 from contextvars import ContextVar
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
@@ -65,22 +70,22 @@ from resilient.state import State
 
 __all__ = [
     "HTTP_DEFAULTS",
+    "Guard",
     "HostCircuitOpenError",
     "PerHost",
     "breaker_middleware",
+    "guard",
     "host_key",
     "http_auto_slow",
     "is_failure",
-    "probing",
     "route_key",
 ]
 
 #: The per-host breaker defaults of the HTTP layer (see the module docstring for why).
 HTTP_DEFAULTS: Final = BreakerConfig(
-    window="time",
-    window_size=0.2,
-    buckets=10,
-    minimum_calls=8,
+    window="count",
+    window_size=20,
+    minimum_calls=20,
     failure_rate_threshold=1.0,
     slow_call_rate_threshold=1.0,
     slow_call_duration="auto",
@@ -92,11 +97,8 @@ HTTP_DEFAULTS: Final = BreakerConfig(
 )
 #: The learned slow limit: this many times the host's healthy p99 ...
 SLOW_MULTIPLE: Final = 4.0
-#: ... at least this (seconds): above the attempt timeout's floor, so an idempotent
-#: request that hangs fails by its attempt timeout (a failure) before it is slow,
-#: and above the pauses a busy client sees (a stalled event loop makes every call
-#: in flight look slow) ...
-SLOW_FLOOR: Final = 0.2
+#: ... at least this (seconds) ...
+SLOW_FLOOR: Final = 0.05
 #: ... and at most this share of the request's total timeout.
 SLOW_CEILING_SHARE: Final = 0.5
 
@@ -187,18 +189,33 @@ def _defaults(value: BreakerConfig | Mapping[str, Any] | None) -> BreakerConfig:
     )
 
 
-#: True while the attempt being sent is a half-open probe (see ``probing``).
-_probe: ContextVar[bool] = ContextVar("resilient.http.probe", default=False)
+class Guard(NamedTuple):
+    """The breaker an attempt is going through (see ``guard``)."""
+
+    breaker: CircuitBreaker
+    probe: bool  # the attempt is the breaker's half-open probe
+
+    @property
+    def slow_limit(self) -> float:
+        """Seconds after which the breaker judges a call slow (learned, with "auto")."""
+        return self.breaker._slow_seconds
 
 
-def probing() -> bool:
-    """Whether the attempt being sent is its breaker's half-open probe.
+#: The breaker guarding the attempt being sent (see ``guard``).
+_guard_var: ContextVar[Guard | None] = ContextVar("resilient.http.guard", default=None)
 
-    The timeout layer gives a probe more time than other attempts: the one
-    call that decides whether a host is back must not fail on a cold
-    connection's first answer.
+
+def guard() -> Guard | None:
+    """The breaker the attempt being sent goes through, or None (no breaker layer).
+
+    The timeout layer beneath reads it: an attempt timeout is never shorter
+    than the breaker's slow limit, so a timed-out attempt also counts as a
+    slow call (and a host whose requests all time out opens the breaker even
+    while other requests to it hang); and a half-open probe gets more time,
+    since the one call that decides whether a host is back must not fail on a
+    cold connection's first answer.
     """
-    return _probe.get()
+    return _guard_var.get()
 
 
 _Guarded = Callable[[ClientHandlerType, ClientRequest], Any]
@@ -206,18 +223,16 @@ _Guarded = Callable[[ClientHandlerType, ClientRequest], Any]
 
 def _guard(br: CircuitBreaker) -> _Guarded:
     """The call ``br`` guards: an attempt, with a failing status turned into an exception."""
+    closed, probe = Guard(br, False), Guard(br, True)
 
     async def send(handler: ClientHandlerType, req: ClientRequest) -> ClientResponse:
         # Admission happened just before, in this same step: HALF_OPEN now means
         # this call is a probe (a call admitted while CLOSED is past this line).
-        if br.state is State.HALF_OPEN:
-            token = _probe.set(True)
-            try:
-                response = await handler(req)
-            finally:
-                _probe.reset(token)
-        else:
+        token = _guard_var.set(probe if br.state is State.HALF_OPEN else closed)
+        try:
             response = await handler(req)
+        finally:
+            _guard_var.reset(token)
         if is_failure(response.status):
             raise _FailedStatus(response)
         return response
@@ -276,7 +291,11 @@ def _create(hub: Hub, name: str, defaults: BreakerConfig, auto_slow: AutoSlow) -
             for f in dataclasses.fields(BreakerConfig)
             if getattr(br.config, f.name) != getattr(base, f.name)
         }
-        br.update_config(dataclasses.replace(defaults, **own))
+        try:
+            layered = dataclasses.replace(defaults, **own)
+        except ConfigError:
+            return br  # the source's values do not fit over these defaults: the hub's view
+        br.update_config(layered)
     return br
 
 

@@ -10,7 +10,8 @@ retries included (the retry layer publishes its expiry, see
 from sending to the response headers, so that a retry still fits in
 ``total``; ``"auto"`` learns it per host from the latency the host shows
 while healthy: ``ATTEMPT_MULTIPLE`` (10) times the 90th percentile of recent good
-answers, never below ``ATTEMPT_FLOOR`` (50 ms) and never above ``total``.
+answers, never below ``ATTEMPT_FLOOR`` (50 ms) nor the slow limit of the
+host's breaker (so a timed-out attempt is a slow call), never above ``total``.
 
 ``timeout_middleware`` arms one timer per attempt at the tightest of: the
 attempt timeout (idempotent requests only, the ones a retry can follow),
@@ -45,9 +46,8 @@ from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, Clie
 
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded
-from resilient.http._breaker import PerHost, probing
+from resilient.http._breaker import PerHost, guard
 from resilient.http._retry import TOTAL_MARGIN, is_idempotent, request_expiry
-from resilient.policy import _armed
 
 __all__ = [
     "ATTEMPT_FLOOR",
@@ -71,7 +71,7 @@ ATTEMPT_FLOOR: Final = 0.05
 PROBE_SLACK: Final = 4.0
 #: Answers the percentile is taken over, and how often (in answers) it is learned again.
 ATTEMPT_SAMPLES: Final = 512
-ATTEMPT_RELEARN: Final = 64
+ATTEMPT_RELEARN: Final = 32
 #: The TCP connect timeout by default: one lost SYN is retransmitted after 1 s
 #: (Linux's initial RTO), and a TLS handshake follows.
 SOCK_CONNECT: Final = 2.0
@@ -279,12 +279,15 @@ def timeout_middleware(
         limit, bound = expiry - started, _TOTAL
         learner = None
         if applies(req):
+            guarded = guard()
             if learners is not None:
                 learner = learners(req)
                 own = learner.seconds
+                if guarded is not None and guarded.slow_limit > own:
+                    own = guarded.slow_limit  # a timed-out attempt must count as slow
             else:
                 own = fixed if fixed is not None else math.inf
-            if probing():
+            if guarded is not None and guarded.probe:
                 own *= PROBE_SLACK
             if own < limit:
                 limit, bound = own, _ATTEMPT
@@ -292,7 +295,7 @@ def timeout_middleware(
         if scope is not None:
             left = scope.remaining()
             if left <= limit:
-                if _armed(scope):
+                if scope.armed:
                     response = await handler(req)  # the deadline's own timer serves
                     if learner is not None and _is_healthy(response):
                         learner.observe(loop.time() - started)
