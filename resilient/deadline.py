@@ -6,9 +6,11 @@ minimum: an inner scope that is not tighter than the one in force changes
 nothing and arms nothing, so the ContextVar always names the *effective*
 scope, the one whose timer will fire first.
 
-In async code the effective scope arms one ``asyncio.Timeout``. When it fires,
-the awaited body is cancelled and the scope raises ``DeadlineExceeded`` (a
-``TimeoutError``) on exit. Code running beneath the scope sees a
+In async code the effective scope arms one timer (``loop.call_at``, with
+``asyncio.timeout``'s cancel and ``uncancel()`` protocol, so a caller's own
+cancellation stays a cancellation). When it fires, the awaited body is
+cancelled and the scope raises ``DeadlineExceeded`` (a ``TimeoutError``) on
+exit. Code running beneath the scope sees a
 ``CancelledError`` first; it can tell that cancellation from its caller's own
 through ``_current().fired``: this is how a breaker applies the fair-budget
 rule instead of counting every cancellation.
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
+from typing import Any
 
 from resilient.errors import DeadlineExceeded
 
@@ -53,7 +56,7 @@ class deadline:
             was awaiting; the body was cancelled.
     """
 
-    __slots__ = ("_clock", "_seconds", "_timeout", "_token", "expires_at")
+    __slots__ = ("_cancelling", "_clock", "_expiry", "_handle", "_seconds", "_token", "expires_at")
 
     def __init__(self, seconds: float, *, clock: Clock = time.monotonic) -> None:
         if not isinstance(seconds, int | float) or isinstance(seconds, bool):
@@ -63,7 +66,9 @@ class deadline:
         self._seconds = float(seconds)
         self._clock = clock
         self._token: Token[deadline | None] | None = None
-        self._timeout: asyncio.Timeout | None = None
+        self._expiry: Expiry | None = None
+        self._handle: asyncio.Handle | None = None
+        self._cancelling = 0
         #: expiry in this scope's clock; set on enter (inf until then)
         self.expires_at = math.inf
 
@@ -77,12 +82,12 @@ class deadline:
     @property
     def fired(self) -> bool:
         """Whether this scope's timer has fired (its budget ran out while awaiting)."""
-        return self._timeout is not None and self._timeout.expired()
+        return self._expiry is not None and self._expiry.fired
 
     @property
     def armed(self) -> bool:
         """Whether this scope armed a timer (async enter, tighter than the one in force)."""
-        return self._timeout is not None
+        return self._expiry is not None
 
     def budget_at(self, started_at: float) -> float:
         """The budget a call started at ``started_at`` (this scope's clock) had left."""
@@ -119,8 +124,15 @@ class deadline:
         self.__enter__()
         if self._token is not None and self._seconds != math.inf:
             loop = asyncio.get_running_loop()
-            self._timeout = asyncio.timeout_at(loop.time() + self._seconds)
-            await self._timeout.__aenter__()
+            task = asyncio.current_task(loop)
+            if task is None:
+                raise RuntimeError("an async deadline needs to run in an asyncio task")
+            self._cancelling = task.cancelling()
+            self._expiry = Expiry(task)
+            if self._seconds > 0:
+                self._handle = loop.call_at(loop.time() + self._seconds, self._expiry)
+            else:  # spent already: cancel at the first await, as asyncio.timeout does
+                self._handle = loop.call_soon(self._expiry)
         return self
 
     async def __aexit__(
@@ -130,13 +142,18 @@ class deadline:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._timeout is not None:
-                try:
-                    await self._timeout.__aexit__(exc_type, exc, tb)
-                except TimeoutError as timed_out:
-                    raise DeadlineExceeded(f"deadline of {self._seconds:g}s exceeded") from (
-                        exc or timed_out
-                    )
+            expiry = self._expiry
+            if expiry is not None:
+                assert self._handle is not None
+                self._handle.cancel()
+                # Fired: take our cancel request back; if nobody else asked for
+                # one and it surfaced, the expiry is ours to report.
+                if (
+                    expiry.fired
+                    and expiry.task.uncancel() <= self._cancelling
+                    and exc_type is asyncio.CancelledError
+                ):
+                    raise DeadlineExceeded(f"deadline of {self._seconds:g}s exceeded") from exc
         finally:
             self.__exit__(exc_type, exc, tb)
 
@@ -144,6 +161,23 @@ class deadline:
         if self.expires_at == math.inf:
             return f"<deadline {self._seconds:g}s (not entered)>"
         return f"<deadline {self._seconds:g}s, {self.remaining():.3f}s left>"
+
+
+class Expiry:
+    """A timer's callback: cancel the task, and remember that it did.
+
+    Shared by deadline scopes and the policy's per-attempt timeout.
+    """
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
 
 
 def remaining() -> float | None:

@@ -43,8 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
 
 from resilient.bulkhead import Bulkhead
-from resilient.deadline import _current
-from resilient.deadline import deadline as _Deadline
+from resilient.deadline import Expiry, _current
 from resilient.errors import ConfigError, DeadlineExceeded
 from resilient.retry import Clock, Retry, Sleep
 
@@ -55,28 +54,6 @@ R = TypeVar("R")
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 Fallback = Callable[[Exception], Any]
-
-
-def _armed(scope: _Deadline) -> bool:
-    """Whether a deadline scope has a timer that will interrupt an awaited call.
-
-    A scope entered with plain ``with`` (sync) inside async code arms none.
-    """
-    return scope.armed
-
-
-class _Expiry:
-    """A per-attempt timer's callback: cancel the task, and remember that it did."""
-
-    __slots__ = ("fired", "task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.fired = False
-
-    def __call__(self) -> None:
-        self.fired = True
-        self.task.cancel()
 
 
 def _timeout_async(call: Callable[P, Awaitable[R]], seconds: float) -> Callable[P, Awaitable[R]]:
@@ -94,7 +71,7 @@ def _timeout_async(call: Callable[P, Awaitable[R]], seconds: float) -> Callable[
         if scope is not None:
             left = scope.remaining()
             if left <= seconds:
-                if _armed(scope):
+                if scope.armed:  # (a sync `with deadline()` arms none)
                     return await call(*args, **kwargs)  # the deadline's timer serves
                 limit = left
         loop = asyncio.get_running_loop()
@@ -102,7 +79,7 @@ def _timeout_async(call: Callable[P, Awaitable[R]], seconds: float) -> Callable[
         if task is None:
             raise RuntimeError("a per-attempt timeout needs to run in an asyncio task")
         cancelling = task.cancelling()
-        expiry = _Expiry(task)
+        expiry = Expiry(task)
         handle = loop.call_at(loop.time() + limit, expiry)
         try:
             return await call(*args, **kwargs)

@@ -24,7 +24,8 @@ from resilient.errors import (
     DeadlineExceeded,
     RejectedError,
 )
-from resilient.policy import Policy, _Expiry
+from resilient.deadline import Expiry, _current
+from resilient.policy import Policy
 from resilient.retry import retry
 from resilient.state import State
 
@@ -68,12 +69,16 @@ async def hang() -> None:
 
 
 def expiry_timers() -> list[asyncio.TimerHandle]:
-    """The per-attempt timers armed right now on this loop."""
+    """The per-attempt timers armed right now on this loop (not the deadline's own)."""
     loop = asyncio.get_running_loop()
+    scope = _current()
+    deadline_timer = scope._expiry if scope is not None else None
     return [
         h
         for h in loop._scheduled  # type: ignore[attr-defined]
-        if isinstance(h._callback, _Expiry) and not h.cancelled()
+        if isinstance(h._callback, Expiry)
+        and h._callback is not deadline_timer
+        and not h.cancelled()
     ]
 
 
