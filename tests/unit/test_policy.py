@@ -16,7 +16,7 @@ import pytest
 from resilient.breaker import CircuitBreaker
 from resilient.bulkhead import Bulkhead
 from resilient.config import BreakerConfig
-from resilient.deadline import deadline
+from resilient.deadline import Expiry, _current, deadline
 from resilient.errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -24,7 +24,6 @@ from resilient.errors import (
     DeadlineExceeded,
     RejectedError,
 )
-from resilient.deadline import Expiry, _current
 from resilient.policy import Policy
 from resilient.retry import retry
 from resilient.state import State
