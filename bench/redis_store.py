@@ -40,20 +40,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bench.breaker_overhead import sync_target as target
+from bench.breaker_overhead import time_sync as per_call
+
 CONFIG = {"minimum_calls": 10, "open_duration": 60.0, "window_size": 10, "buckets": 10}
 OBSERVERS = 3
 TIMEOUT = 10.0  # seconds any step of a trial may take before the run fails
-
-
-def target() -> int:
-    return 1
-
-
-def per_call(fn: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
 
 
 @contextlib.contextmanager
