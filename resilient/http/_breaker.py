@@ -52,10 +52,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import itertools
 import re
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
@@ -68,12 +69,21 @@ from resilient.hub import Hub, default_hub
 from resilient.latency import AutoSlow
 from resilient.state import State
 
+if TYPE_CHECKING:
+    from resilient.budget import RetryBudget
+    from resilient.http._timeouts import _Learned
+
 __all__ = [
     "HTTP_DEFAULTS",
+    "BreakerLayer",
     "Guard",
+    "Host",
     "HostCircuitOpenError",
-    "PerHost",
+    "Hosts",
+    "Layer",
+    "breaker_layer",
     "breaker_middleware",
+    "chain",
     "guard",
     "host_key",
     "http_auto_slow",
@@ -101,8 +111,6 @@ SLOW_MULTIPLE: Final = 4.0
 SLOW_FLOOR: Final = 0.05
 #: ... and at most this share of the request's total timeout.
 SLOW_CEILING_SHARE: Final = 0.5
-
-T = TypeVar("T")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
 
@@ -143,26 +151,94 @@ def route_key(url: URL) -> str:
     return _safe(f"{url.raw_host}:{url.port}{url.raw_path}")
 
 
-class PerHost(Generic[T]):
-    """One ``T`` per ``(host, port)`` of the requests seen, made on first use.
+class Host:
+    """One session's state for one ``host:port``: each layer keeps its slots here.
 
-    The HTTP layers keep their per-host state (retry budgets, learned
-    timeouts) here; the lookup is a dict read on a tuple of the URL's parts.
+    The layers of a session share one table of these (``Hosts``), so a
+    request looks its host up once, whatever the number of layers.
     """
 
-    __slots__ = ("_by_host", "_make")
+    __slots__ = ("breaker", "budget", "call", "learned", "streak")
 
-    def __init__(self, make: Callable[[], T]) -> None:
-        self._make = make
-        self._by_host: dict[tuple[str | None, int | None], T] = {}
+    def __init__(self) -> None:
+        self.breaker: CircuitBreaker | None = None  # the breaker layer's (per host)
+        self.call: Guarded | None = None  # ... and the call it guards
+        self.budget: RetryBudget | None = None  # the retry layer's budget ...
+        self.streak = 0  # ... and its count of failed attempts in a row
+        self.learned: _Learned | None = None  # the timeout layer's attempt timeout
 
-    def __call__(self, req: ClientRequest) -> T:
+
+#: The next layer's call: ``(request, aiohttp's handler, the request's Host)``.
+Inner = Callable[[ClientRequest, ClientHandlerType, Host], Awaitable[ClientResponse]]
+
+
+class Layer(Protocol):
+    """One layer of the HTTP stack (retry, breaker, timeout).
+
+    ``inner`` is the next layer (``None``: aiohttp's handler comes next); it is
+    set once, by ``chain``. ``adopt`` fills the layer's slots of a new ``Host``.
+    """
+
+    inner: Inner | None
+
+    def adopt(self, host: Host, req: ClientRequest) -> None: ...
+
+    def __call__(
+        self, req: ClientRequest, handler: ClientHandlerType, host: Host
+    ) -> Awaitable[ClientResponse]: ...
+
+
+class Hosts:
+    """The ``Host`` of each ``(host, port)`` a session has sent to, made on first use."""
+
+    __slots__ = ("_by_host", "_layers")
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self._layers = tuple(layers)
+        self._by_host: dict[tuple[str | None, int | None], Host] = {}
+
+    def __call__(self, req: ClientRequest) -> Host:
         url = req.url
         key = (url.raw_host, url.port)
         found = self._by_host.get(key)
         if found is None:
-            found = self._by_host.setdefault(key, self._make())
+            host = Host()
+            for layer in self._layers:
+                layer.adopt(host, req)
+            found = self._by_host.setdefault(key, host)
         return found
+
+
+def chain(
+    layers: Sequence[Layer], tail: ClientMiddlewareType | None = None
+) -> ClientMiddlewareType:
+    """One aiohttp client middleware that runs ``layers`` in order, then ``tail``.
+
+    Each layer calls the next directly (no aiohttp wrapper in between), and
+    the request's host is looked up once for all of them: the stack costs
+    about what one middleware costs. The layers are linked here, once; a
+    layer belongs to one chain.
+    """
+    if not layers:
+        raise ValueError("chain needs at least one layer")
+    for outer, nested in itertools.pairwise(layers):
+        outer.inner = nested
+    if tail is not None:
+        last = tail
+
+        def run_tail(
+            req: ClientRequest, handler: ClientHandlerType, host: Host
+        ) -> Awaitable[ClientResponse]:
+            return last(req, handler)
+
+        layers[-1].inner = run_tail
+    hosts = Hosts(layers)
+    first = layers[0]
+
+    async def resilient(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        return await first(req, handler, hosts(req))
+
+    return resilient
 
 
 def _safe(name: str) -> str:
@@ -218,56 +294,88 @@ def guard() -> Guard | None:
     return _guard_var.get()
 
 
-_Guarded = Callable[[ClientHandlerType, ClientRequest], Any]
-
-
-def _guard(br: CircuitBreaker) -> _Guarded:
-    """The call ``br`` guards: an attempt, with a failing status turned into an exception."""
-    closed, probe = Guard(br, False), Guard(br, True)
-
-    async def send(handler: ClientHandlerType, req: ClientRequest) -> ClientResponse:
-        # Admission happened just before, in this same step: HALF_OPEN now means
-        # this call is a probe (a call admitted while CLOSED is past this line).
-        token = _guard_var.set(probe if br.state is State.HALF_OPEN else closed)
-        try:
-            response = await handler(req)
-        finally:
-            _guard_var.reset(token)
-        if is_failure(response.status):
-            raise _FailedStatus(response)
-        return response
-
-    return br(send)
-
+#: An attempt through a breaker: ``(request, handler, host) -> response``.
+Guarded = Callable[[ClientRequest, ClientHandlerType, Host], Awaitable[ClientResponse]]
 
 #: What the HTTP breakers count as failures (anything else the call raises is an answer).
 RECORDED: Final = (OSError, asyncio.TimeoutError, aiohttp.ClientError)
 
 
-class _Breakers:
-    """The breaker (and its guarded call) of each host or route, created on first use.
+class BreakerLayer:
+    """The breaker layer: each attempt through its host's (or route's) breaker.
 
-    Looked up by a cheap key (``(raw_host, port)`` for hosts); the breaker's
-    name is built only when the key is new.
+    Built by ``breaker_middleware`` (alone) or ``resilient.http.session``.
     """
 
-    __slots__ = ("_auto_slow", "_by_key", "_defaults", "_hub")
+    __slots__ = ("_auto_slow", "_defaults", "_hub", "_name", "_routes", "inner")
 
-    def __init__(self, hub: Hub, defaults: BreakerConfig, auto_slow: AutoSlow) -> None:
+    def __init__(self, hub: Hub, per: Key, defaults: BreakerConfig, auto_slow: AutoSlow) -> None:
         self._hub = hub
         self._defaults = defaults
         self._auto_slow = auto_slow
-        self._by_key: dict[Hashable, tuple[CircuitBreaker, _Guarded]] = {}
+        self.inner: Inner | None = None
+        # Per host, the breaker lives in the request's Host; otherwise here, by name.
+        self._name: Callable[[ClientRequest], str] | None
+        if per == "host":
+            self._name = None
+        elif per == "route":
+            self._name = _route_of
+        else:
+            self._name = per
+        self._routes: dict[str, tuple[CircuitBreaker, Guarded]] = {}
 
-    def get(
-        self, key: Hashable, name: Callable[[Any], str], of: object
-    ) -> tuple[CircuitBreaker, _Guarded]:
-        """The breaker under ``key``; ``name(of)`` names it if it must be created."""
-        found = self._by_key.get(key)
+    def adopt(self, host: Host, req: ClientRequest) -> None:
+        if self._name is None:
+            br = _create(self._hub, host_key(req.url), self._defaults, self._auto_slow)
+            host.breaker, host.call = br, self._guard(br)
+
+    def _route(self, req: ClientRequest) -> tuple[CircuitBreaker, Guarded]:
+        assert self._name is not None
+        name = self._name(req)
+        found = self._routes.get(name)
         if found is None:
-            br = _create(self._hub, name(of), self._defaults, self._auto_slow)
-            found = self._by_key.setdefault(key, (br, _guard(br)))
+            br = _create(self._hub, name, self._defaults, self._auto_slow)
+            found = self._routes.setdefault(name, (br, self._guard(br)))
         return found
+
+    def _guard(self, br: CircuitBreaker) -> Guarded:
+        """The call ``br`` guards: the inner layers, a failing status raised for it to count."""
+        closed, probe = Guard(br, False), Guard(br, True)
+        layer = self
+
+        async def send(
+            req: ClientRequest, handler: ClientHandlerType, host: Host
+        ) -> ClientResponse:
+            # Admission happened just before, in this same step: HALF_OPEN now
+            # means this call is a probe (one admitted while CLOSED is past here).
+            token = _guard_var.set(probe if br.state is State.HALF_OPEN else closed)
+            try:
+                inner = layer.inner
+                response = await (handler(req) if inner is None else inner(req, handler, host))
+            finally:
+                _guard_var.reset(token)
+            if is_failure(response.status):
+                raise _FailedStatus(response)
+            return response
+
+        return br(send)
+
+    async def __call__(
+        self, req: ClientRequest, handler: ClientHandlerType, host: Host
+    ) -> ClientResponse:
+        if self._name is None:
+            br, call = host.breaker, host.call
+            assert br is not None and call is not None  # adopted
+        else:
+            br, call = self._route(req)
+        try:
+            return await call(req, handler, host)
+        except _FailedStatus as failed:
+            return failed.response
+        except CircuitOpenError as exc:
+            if exc.name != br.name or isinstance(exc, HostCircuitOpenError):
+                raise
+            raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
 
 
 def _create(hub: Hub, name: str, defaults: BreakerConfig, auto_slow: AutoSlow) -> CircuitBreaker:
@@ -315,6 +423,8 @@ def breaker_middleware(
 ) -> ClientMiddlewareType:
     """A client middleware that sends each request through its host's breaker.
 
+    Put it after (inside) the retry middleware, so each attempt is counted.
+
     Args:
         hub: where the breakers live (``resilient.hub.default_hub()`` if omitted).
         per: ``"host"`` (a breaker per ``host:port``), ``"route"`` (per
@@ -329,48 +439,29 @@ def breaker_middleware(
     Raises:
         ConfigError: an option is invalid (the message names it).
     """
+    return chain([breaker_layer(hub, per=per, defaults=defaults, total=total)])
+
+
+def breaker_layer(
+    hub: Hub | None = None,
+    *,
+    per: Key = "host",
+    defaults: BreakerConfig | Mapping[str, Any] | None = None,
+    total: float = 10.0,
+) -> BreakerLayer:
+    """The breaker layer, for ``chain`` (see ``breaker_middleware`` for the arguments)."""
     if hub is None:
         hub = default_hub()
     elif not isinstance(hub, Hub):
         raise ConfigError(f"hub must be a Hub, got {hub!r}", field="hub", value=hub)
     if isinstance(total, bool) or not isinstance(total, int | float) or not total > 0:
         raise ConfigError(f"total must be a number > 0, got {total!r}", field="total", value=total)
-    breakers = _Breakers(hub, _defaults(defaults), http_auto_slow(total))
-    lookup: Callable[[ClientRequest], tuple[CircuitBreaker, _Guarded]]
-    if per == "host":
-
-        def lookup(req: ClientRequest) -> tuple[CircuitBreaker, _Guarded]:
-            url = req.url
-            return breakers.get((url.raw_host, url.port), host_key, url)
-
-    elif per == "route":
-
-        def lookup(req: ClientRequest) -> tuple[CircuitBreaker, _Guarded]:
-            url = req.url
-            return breakers.get((url.raw_host, url.port, url.raw_path), route_key, url)
-
-    elif callable(per):
-        name_of = per
-
-        def lookup(req: ClientRequest) -> tuple[CircuitBreaker, _Guarded]:
-            name = name_of(req)
-            return breakers.get(name, str, name)
-
-    else:
+    if per not in ("host", "route") and not callable(per):
         raise ConfigError(
             f'per must be "host", "route" or a callable, got {per!r}', field="per", value=per
         )
+    return BreakerLayer(hub, per, _defaults(defaults), http_auto_slow(total))
 
-    async def guarded(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        br, call = lookup(req)
-        try:
-            response: ClientResponse = await call(handler, req)
-        except _FailedStatus as failed:
-            return failed.response
-        except CircuitOpenError as exc:
-            if exc.name != br.name or isinstance(exc, HostCircuitOpenError):
-                raise
-            raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
-        return response
 
-    return guarded
+def _route_of(req: ClientRequest) -> str:
+    return route_key(req.url)

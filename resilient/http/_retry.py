@@ -49,7 +49,7 @@ from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, Clie
 from resilient.budget import RetryBudget
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded, RejectedError
-from resilient.http._breaker import PerHost
+from resilient.http._breaker import Host, Inner, chain
 from resilient.retry import FullJitter, RetryState
 
 if TYPE_CHECKING:
@@ -59,9 +59,11 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
     "Retries",
+    "RetryLayer",
     "is_idempotent",
     "parse_retry_after",
     "request_expiry",
+    "retry_layer",
     "retry_middleware",
 ]
 
@@ -181,35 +183,27 @@ class Retries:
             )
 
 
-class _Host:
-    """What the retry layer keeps per ``host:port``: its budget, and how many
-    attempts in a row have failed (across requests)."""
+class RetryLayer:
+    """The retry layer: asks again while it is safe, worth it, affordable and in time.
 
-    __slots__ = ("budget", "streak")
+    Built by ``retry_middleware`` (alone) or ``resilient.http.session``. The
+    decision after each attempt is ``plan`` (sync, no I/O); ``__call__``
+    carries it out. Per host it keeps a ``RetryBudget`` and the streak of
+    failed attempts, in the request's ``Host``.
+    """
 
-    def __init__(self, budget: RetryBudget | None) -> None:
-        self.budget = budget
-        self.streak = 0
-
-
-class _Retrier:
-    """Decides, after each attempt, whether and when to try again."""
-
-    __slots__ = ("_attempts", "_total", "_wait", "host", "statuses")
+    __slots__ = ("_attempts", "_make_budget", "_total", "_wait", "inner", "statuses")
 
     def __init__(self, retries: Retries, total: float | None) -> None:
         self._attempts = retries.attempts
         self.statuses = cast("frozenset[int]", retries.statuses)
         self._wait = retries.wait
+        self._make_budget = retries.budget
         self._total = total
-        make = retries.budget
-        self.host = PerHost(lambda: _Host(None if make is None else make()))
+        self.inner: Inner | None = None
 
-    def total(self, req: ClientRequest) -> float | None:
-        """The request's total budget: this layer's, else the session's ClientTimeout."""
-        if self._total is not None:
-            return self._total
-        return req.session.timeout.total
+    def adopt(self, host: Host, req: ClientRequest) -> None:
+        host.budget = None if self._make_budget is None else self._make_budget()
 
     def plan(
         self,
@@ -217,7 +211,7 @@ class _Retrier:
         retry_after: float | None,
         now: float,
         expiry: float,
-        host: _Host,
+        host: Host,
     ) -> float | None:
         """After a failed attempt: seconds to wait before the next one, or None to stop.
 
@@ -251,6 +245,84 @@ class _Retrier:
             return False
         return isinstance(exc, RETRYABLE_ERRORS)
 
+    async def __call__(
+        self, req: ClientRequest, handler: ClientHandlerType, host: Host
+    ) -> ClientResponse:
+        budget = host.budget
+        if budget is not None:
+            budget.record_request()
+        loop = asyncio.get_running_loop()
+        total = self._total if self._total is not None else req.session.timeout.total
+        expiry = math.inf if total is None else loop.time() + total - TOTAL_MARGIN
+        outer = _expiry.get()
+        if outer is not None and outer < expiry:
+            expiry = outer  # a request made from within another one's attempt
+        token = _expiry.set(expiry)
+        try:
+            if not (is_idempotent(req) and _replayable(req)):
+                inner = self.inner
+                return await (handler(req) if inner is None else inner(req, handler, host))
+            return await self._attempts_of(req, handler, host, loop, expiry)
+        finally:
+            _expiry.reset(token)
+
+    async def _attempts_of(
+        self,
+        req: ClientRequest,
+        handler: ClientHandlerType,
+        host: Host,
+        loop: asyncio.AbstractEventLoop,
+        expiry: float,
+    ) -> ClientResponse:
+        inner = self.inner
+        statuses = self.statuses
+        state: RetryState | None = None
+        while True:
+            try:
+                response = await (handler(req) if inner is None else inner(req, handler, host))
+            except Exception as exc:
+                if not self.worth_retrying(exc):
+                    raise
+                host.streak += 1
+                if not _replayable(req):
+                    raise
+                state = _record(state, loop.time(), None, exc)
+                wait = self.plan(state, None, loop.time(), expiry, host)
+                if wait is None:
+                    raise
+                del exc
+            else:
+                if response.status not in statuses:
+                    host.streak = 0
+                    return response
+                host.streak += 1
+                if not _replayable(req):
+                    return response
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                state = _record(state, loop.time(), response, None)
+                wait = self.plan(state, retry_after, loop.time(), expiry, host)
+                if wait is None:
+                    return response
+                response.release()  # the connection goes back before we wait
+            if wait > 0.0:
+                await asyncio.sleep(wait)
+            state.advance(wait)
+
+
+def retry_layer(retries: Retries | None = None, *, total: float | None = None) -> RetryLayer:
+    """The retry layer, for ``chain`` (see ``retry_middleware`` for the arguments)."""
+    if retries is None:
+        retries = Retries()
+    elif not isinstance(retries, Retries):
+        raise ConfigError(
+            f"retries must be a Retries, got {retries!r}", field="retries", value=retries
+        )
+    if total is not None and (
+        isinstance(total, bool) or not isinstance(total, int | float) or not total > 0
+    ):
+        raise ConfigError(f"total must be a number > 0, got {total!r}", field="total", value=total)
+    return RetryLayer(retries, total)
+
 
 def retry_middleware(
     retries: Retries | None = None, *, total: float | None = None
@@ -266,80 +338,9 @@ def retry_middleware(
             to the session's ``ClientTimeout.total``.
 
     Raises:
-        ConfigError: ``total`` is not a positive number.
+        ConfigError: ``retries`` or ``total`` is invalid.
     """
-    if retries is None:
-        retries = Retries()
-    elif not isinstance(retries, Retries):
-        raise ConfigError(
-            f"retries must be a Retries, got {retries!r}", field="retries", value=retries
-        )
-    if total is not None and (
-        isinstance(total, bool) or not isinstance(total, int | float) or not total > 0
-    ):
-        raise ConfigError(f"total must be a number > 0, got {total!r}", field="total", value=total)
-    retrier = _Retrier(retries, total)
-    statuses = retrier.statuses
-
-    async def retrying(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        host = retrier.host(req)
-        if host.budget is not None:
-            host.budget.record_request()
-        loop = asyncio.get_running_loop()
-        outer = _expiry.get()
-        total = retrier.total(req)
-        expiry = math.inf if total is None else loop.time() + total - TOTAL_MARGIN
-        if outer is not None and outer < expiry:
-            expiry = outer  # a request made from within another one's attempt
-        token = _expiry.set(expiry)
-        try:
-            if not (is_idempotent(req) and _replayable(req)):
-                return await handler(req)
-            return await _attempts(req, handler, loop, expiry, host)
-        finally:
-            _expiry.reset(token)
-
-    async def _attempts(
-        req: ClientRequest,
-        handler: ClientHandlerType,
-        loop: asyncio.AbstractEventLoop,
-        expiry: float,
-        host: _Host,
-    ) -> ClientResponse:
-        state: RetryState | None = None
-        while True:
-            retry_after = None
-            try:
-                response = await handler(req)
-            except Exception as exc:
-                if not retrier.worth_retrying(exc):
-                    raise
-                host.streak += 1
-                if not _replayable(req):
-                    raise
-                state = _record(state, loop.time(), None, exc)
-                wait = retrier.plan(state, None, loop.time(), expiry, host)
-                if wait is None:
-                    raise
-                del exc
-            else:
-                if response.status not in statuses:
-                    host.streak = 0
-                    return response
-                host.streak += 1
-                if not _replayable(req):
-                    return response
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                state = _record(state, loop.time(), response, None)
-                wait = retrier.plan(state, retry_after, loop.time(), expiry, host)
-                if wait is None:
-                    return response
-                response.release()  # the connection goes back before we wait
-            if wait > 0.0:
-                await asyncio.sleep(wait)
-            state.advance(wait)
-
-    return retrying
+    return chain([retry_layer(retries, total=total)])
 
 
 def _record(

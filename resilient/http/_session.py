@@ -2,7 +2,9 @@
 
 ``session()`` returns a plain ``aiohttp.ClientSession`` (no subclass) with a
 pool profile's connector, the ``Timeouts`` as its ``ClientTimeout``, and the
-client middlewares in the documented order:
+layers in the documented order, as one client middleware (``chain``: each
+layer calls the next directly and the host is looked up once, so the stack
+costs about what one middleware costs), then the caller's own middlewares:
 
     retry > breaker > per-attempt timeout > propagation > the caller's own
 
@@ -25,12 +27,12 @@ from aiohttp import ClientMiddlewareType
 
 from resilient.config import BreakerConfig
 from resilient.errors import ConfigError
-from resilient.http._breaker import Key, breaker_middleware
+from resilient.http._breaker import Key, Layer, breaker_layer, chain
 from resilient.http._profiles import Profile
 from resilient.http._profiles import profile as _profile
 from resilient.http._propagation import propagation as _propagation
-from resilient.http._retry import Retries, retry_middleware
-from resilient.http._timeouts import Timeouts, attempt_bound, timeout_middleware
+from resilient.http._retry import Retries, is_idempotent, retry_layer
+from resilient.http._timeouts import Timeouts, attempt_bound, timeout_layer
 from resilient.hub import Hub
 
 __all__ = ["session"]
@@ -82,22 +84,16 @@ def session(
             "pass timeouts=resilient.http.Timeouts(...), not timeout=", field="timeout"
         )
     chosen = _profile(profile)
-    middlewares: list[ClientMiddlewareType] = []
+    layers: list[Layer] = []
     plan = _retries(retries)
     if plan is not None:
-        middlewares.append(retry_middleware(plan, total=timeouts.total))
+        layers.append(retry_layer(plan, total=timeouts.total))
     if breaker is not None and breaker is not False:
         defaults = None if breaker is True else breaker
-        middlewares.append(
-            breaker_middleware(hub, per=per, defaults=defaults, total=timeouts.total)
-        )
-    middlewares.append(
-        timeout_middleware(timeouts)
-        if plan is not None
-        else timeout_middleware(timeouts, applies=_never)
-    )
-    if propagate:
-        middlewares.append(_propagation(bound=attempt_bound))
+        layers.append(breaker_layer(hub, per=per, defaults=defaults, total=timeouts.total))
+    layers.append(timeout_layer(timeouts, applies=is_idempotent if plan is not None else _never))
+    tail = _propagation(bound=attempt_bound) if propagate else None
+    middlewares: list[ClientMiddlewareType] = [chain(layers, tail)]
     extra: Sequence[ClientMiddlewareType] = client_session_kwargs.pop("middlewares", ())
     middlewares.extend(extra)
     connector = client_session_kwargs.pop("connector", None)

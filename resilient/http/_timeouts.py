@@ -46,15 +46,17 @@ from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, Clie
 
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded
-from resilient.http._breaker import PerHost, guard
+from resilient.http._breaker import Host, Inner, chain, guard
 from resilient.http._retry import TOTAL_MARGIN, is_idempotent, request_expiry
 
 __all__ = [
     "ATTEMPT_FLOOR",
     "ATTEMPT_MULTIPLE",
     "AttemptTimeoutError",
+    "TimeoutLayer",
     "Timeouts",
     "attempt_bound",
+    "timeout_layer",
     "timeout_middleware",
 ]
 
@@ -69,9 +71,11 @@ ATTEMPT_FLOOR: Final = 0.05
 #: A half-open probe gets this many times the attempt timeout: the one call that
 #: decides whether a host is back must not fail on a cold connection's first answer.
 PROBE_SLACK: Final = 4.0
-#: Answers the percentile is taken over, and how often (in answers) it is learned again.
-ATTEMPT_SAMPLES: Final = 512
-ATTEMPT_RELEARN: Final = 32
+#: Answers the percentile is taken over, how many it is first learned from, and
+#: how often (in answers) it is learned again.
+ATTEMPT_SAMPLES: Final = 256
+ATTEMPT_FIRST: Final = 32
+ATTEMPT_RELEARN: Final = 64
 #: The TCP connect timeout by default: one lost SYN is retransmitted after 1 s
 #: (Linux's initial RTO), and a TLS handshake follows.
 SOCK_CONNECT: Final = 2.0
@@ -173,33 +177,30 @@ class _Learned:
 
     ``seconds`` is ``ATTEMPT_MULTIPLE`` times the ``ATTEMPT_QUANTILE`` of the
     last ``ATTEMPT_SAMPLES`` healthy answers, clipped to ``[floor, ceiling]``;
-    it is ``ceiling`` (the total) until ``ATTEMPT_RELEARN`` answers were seen,
+    it is ``ceiling`` (the total) until ``ATTEMPT_FIRST`` answers were seen,
     and is learned again every ``ATTEMPT_RELEARN`` answers. Only answers
     shorter than the timeout in force can be seen, so the estimate follows a
     host that slows down gradually, within the multiple's headroom.
     """
 
-    __slots__ = ("_ceiling", "_filled", "_floor", "_next", "_ring", "_since", "seconds")
+    __slots__ = ("_ceiling", "_count", "_due", "_floor", "_ring", "seconds")
 
     def __init__(self, floor: float, ceiling: float) -> None:
         self._floor = floor
         self._ceiling = ceiling
         self._ring = [0.0] * ATTEMPT_SAMPLES
-        self._next = 0
-        self._filled = 0
-        self._since = 0
+        self._count = 0  # answers seen
+        self._due = ATTEMPT_FIRST  # the count at which it is learned next
         self.seconds = ceiling
 
     def observe(self, duration: float) -> None:
-        ring = self._ring
-        ring[self._next] = duration
-        self._next = (self._next + 1) % ATTEMPT_SAMPLES
-        self._since += 1
-        if self._since < ATTEMPT_RELEARN:
+        count = self._count
+        self._ring[count % ATTEMPT_SAMPLES] = duration
+        self._count = count = count + 1
+        if count < self._due:
             return
-        self._since = 0
-        self._filled = min(self._filled + ATTEMPT_RELEARN, ATTEMPT_SAMPLES)
-        recent = sorted(ring[: self._filled] if self._filled < ATTEMPT_SAMPLES else ring)
+        self._due = count + ATTEMPT_RELEARN
+        recent = sorted(self._ring[:count] if count < ATTEMPT_SAMPLES else self._ring)
         typical = recent[min(len(recent) - 1, math.ceil(ATTEMPT_QUANTILE * len(recent)) - 1)]
         self.seconds = min(self._ceiling, max(self._floor, ATTEMPT_MULTIPLE * typical))
 
@@ -215,31 +216,128 @@ class _Timer:
     cancellation stays a cancellation.
     """
 
-    __slots__ = ("_loop", "_soon", "_task", "fired")
+    __slots__ = ("_handle", "_loop", "_task", "fired")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object], when: float
+    ) -> None:
         self._loop = loop
         self._task = task
-        self._soon: asyncio.Handle | None = None
         self.fired = False
+        self._handle: asyncio.Handle = loop.call_at(when, self._soon)
 
-    def __call__(self) -> None:
-        self._soon = self._loop.call_soon(self._cut)
+    def _soon(self) -> None:
+        self._handle = self._loop.call_soon(self._cut)
 
     def _cut(self) -> None:
-        self._soon = None
         self.fired = True
         self._task.cancel()
 
     def disarm(self) -> None:
-        if self._soon is not None:
-            self._soon.cancel()
-            self._soon = None
+        self._handle.cancel()
 
 
 def _is_healthy(response: ClientResponse) -> bool:
     status = response.status
     return status < 500 and status != 429
+
+
+class TimeoutLayer:
+    """The per-attempt timeout layer (see the module docstring).
+
+    Built by ``timeout_middleware`` (alone) or ``resilient.http.session``;
+    the learned attempt timeout of each host lives in the request's ``Host``.
+    """
+
+    __slots__ = ("_applies", "_fixed", "_floor", "_learn", "_total", "inner")
+
+    def __init__(self, timeouts: Timeouts, applies: Callable[[ClientRequest], bool]) -> None:
+        self._total = timeouts.total
+        self._learn = timeouts.attempt == "auto"
+        attempt = timeouts.attempt
+        self._fixed = attempt if isinstance(attempt, float) else math.inf
+        self._floor = min(ATTEMPT_FLOOR, timeouts.total)
+        self._applies = applies
+        self.inner: Inner | None = None
+
+    def adopt(self, host: Host, req: ClientRequest) -> None:
+        if self._learn:
+            host.learned = _Learned(self._floor, self._total)
+
+    async def __call__(
+        self, req: ClientRequest, handler: ClientHandlerType, host: Host
+    ) -> ClientResponse:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        expiry = request_expiry()
+        if expiry is None:
+            expiry = started + self._total - TOTAL_MARGIN
+        limit, bound = expiry - started, _TOTAL
+        learned = None
+        if self._applies(req):
+            guarded = guard()
+            learned = host.learned
+            if learned is not None:
+                own = learned.seconds
+                if guarded is not None and guarded.slow_limit > own:
+                    own = guarded.slow_limit  # a timed-out attempt must count as slow
+            else:
+                own = self._fixed
+            if guarded is not None and guarded.probe:
+                own *= PROBE_SLACK
+            if own < limit:
+                limit, bound = own, _ATTEMPT
+        inner = self.inner
+        scope = _current()
+        if scope is not None:
+            left = scope.remaining()
+            if left <= limit:
+                if scope.armed:  # the deadline's own timer serves
+                    response = await (handler(req) if inner is None else inner(req, handler, host))
+                    if learned is not None and _is_healthy(response):
+                        learned.observe(loop.time() - started)
+                    return response
+                limit, bound = left, _DEADLINE
+        if limit <= 0.0:
+            raise _expired(req, bound, 0.0)
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("the HTTP timeout layer needs to run in an asyncio task")
+        cancelling = task.cancelling()
+        fires_at = started + limit
+        timer = _Timer(loop, task, fires_at)
+        token = _attempt_expiry.set(fires_at)
+        try:
+            response = await (handler(req) if inner is None else inner(req, handler, host))
+        except asyncio.CancelledError as exc:
+            if timer.fired:
+                timer.fired = False
+                if task.uncancel() <= cancelling:
+                    raise _expired(req, bound, limit) from exc
+            raise
+        finally:
+            _attempt_expiry.reset(token)
+            timer.disarm()
+            if timer.fired:  # it fired, but the attempt finished anyway
+                task.uncancel()
+        if learned is not None and _is_healthy(response):
+            learned.observe(loop.time() - started)
+        return response
+
+
+def timeout_layer(
+    timeouts: Timeouts | None = None,
+    *,
+    applies: Callable[[ClientRequest], bool] = is_idempotent,
+) -> TimeoutLayer:
+    """The timeout layer, for ``chain`` (see ``timeout_middleware`` for the arguments)."""
+    if timeouts is None:
+        timeouts = Timeouts()
+    elif not isinstance(timeouts, Timeouts):
+        raise ConfigError(
+            f"timeouts must be a Timeouts, got {timeouts!r}", field="timeouts", value=timeouts
+        )
+    return TimeoutLayer(timeouts, applies)
 
 
 def timeout_middleware(
@@ -248,6 +346,9 @@ def timeout_middleware(
     applies: Callable[[ClientRequest], bool] = is_idempotent,
 ) -> ClientMiddlewareType:
     """A client middleware that bounds each attempt (see the module docstring).
+
+    Put it after (inside) the breaker middleware, so a timed-out attempt is
+    counted as a failure.
 
     Args:
         timeouts: the layers; ``Timeouts()`` if omitted. Without a retry
@@ -258,78 +359,7 @@ def timeout_middleware(
     Raises:
         ConfigError: ``timeouts`` is not a ``Timeouts``.
     """
-    if timeouts is None:
-        timeouts = Timeouts()
-    elif not isinstance(timeouts, Timeouts):
-        raise ConfigError(
-            f"timeouts must be a Timeouts, got {timeouts!r}", field="timeouts", value=timeouts
-        )
-    total = timeouts.total
-    attempt = timeouts.attempt
-    floor = min(ATTEMPT_FLOOR, total)
-    learners = PerHost(lambda: _Learned(floor, total)) if attempt == "auto" else None
-    fixed = attempt if isinstance(attempt, float) else None
-
-    async def bounded(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        expiry = request_expiry()
-        if expiry is None:
-            expiry = started + total - TOTAL_MARGIN
-        limit, bound = expiry - started, _TOTAL
-        learner = None
-        if applies(req):
-            guarded = guard()
-            if learners is not None:
-                learner = learners(req)
-                own = learner.seconds
-                if guarded is not None and guarded.slow_limit > own:
-                    own = guarded.slow_limit  # a timed-out attempt must count as slow
-            else:
-                own = fixed if fixed is not None else math.inf
-            if guarded is not None and guarded.probe:
-                own *= PROBE_SLACK
-            if own < limit:
-                limit, bound = own, _ATTEMPT
-        scope = _current()
-        if scope is not None:
-            left = scope.remaining()
-            if left <= limit:
-                if scope.armed:
-                    response = await handler(req)  # the deadline's own timer serves
-                    if learner is not None and _is_healthy(response):
-                        learner.observe(loop.time() - started)
-                    return response
-                limit, bound = left, _DEADLINE
-        if limit <= 0.0:
-            raise _expired(req, bound, 0.0)
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("the HTTP timeout middleware needs to run in an asyncio task")
-        cancelling = task.cancelling()
-        timer = _Timer(loop, task)
-        fires_at = started + limit
-        handle = loop.call_at(fires_at, timer)
-        token = _attempt_expiry.set(fires_at)
-        try:
-            response = await handler(req)
-        except asyncio.CancelledError as exc:
-            if timer.fired:
-                timer.fired = False
-                if task.uncancel() <= cancelling:
-                    raise _expired(req, bound, limit) from exc
-            raise
-        finally:
-            _attempt_expiry.reset(token)
-            handle.cancel()
-            timer.disarm()
-            if timer.fired:  # it fired, but the attempt finished anyway
-                task.uncancel()
-        if learner is not None and _is_healthy(response):
-            learner.observe(loop.time() - started)
-        return response
-
-    return bounded
+    return chain([timeout_layer(timeouts, applies=applies)])
 
 
 def _expired(req: ClientRequest, bound: str, seconds: float) -> Exception:

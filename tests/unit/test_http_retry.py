@@ -10,7 +10,8 @@ from resilient.budget import RetryBudget
 from resilient.deadline import deadline
 from resilient.errors import CircuitOpenError, ConfigError, DeadlineExceeded
 from resilient.http import IDEMPOTENT_METHODS, RETRY_STATUSES, Retries, parse_retry_after
-from resilient.http._retry import STREAK, _Host, _Retrier
+from resilient.http._breaker import Host
+from resilient.http._retry import STREAK, RetryLayer
 from resilient.retry import RetryState
 
 
@@ -56,9 +57,11 @@ def test_bad_options_name_the_field(field: str, value: object) -> None:
 
 def retrier(
     *, attempts: int = 3, wait: float = 0.01, budget: RetryBudget | None = None
-) -> tuple[_Retrier, _Host]:
+) -> tuple[RetryLayer, Host]:
     made = Retries(attempts=attempts, wait=lambda state: wait, budget=None)
-    return _Retrier(made, total=2.0), _Host(budget)
+    host = Host()
+    host.budget = budget
+    return RetryLayer(made, total=2.0), host
 
 
 def failed(attempt: int = 1) -> RetryState:

@@ -10,6 +10,7 @@ import pytest
 from resilient.errors import ConfigError
 from resilient.http import AttemptTimeoutError, Timeouts
 from resilient.http._timeouts import (
+    ATTEMPT_FIRST,
     ATTEMPT_FLOOR,
     ATTEMPT_MULTIPLE,
     ATTEMPT_RELEARN,
@@ -90,10 +91,14 @@ def feed(learned: _Learned, durations: list[float]) -> None:
 
 def test_learned_attempt_timeout_is_the_total_until_enough_answers() -> None:
     learned = _Learned(ATTEMPT_FLOOR, 2.0)
-    feed(learned, [0.002] * (ATTEMPT_RELEARN - 1))
+    feed(learned, [0.002] * (ATTEMPT_FIRST - 1))
     assert learned.seconds == 2.0
     learned.observe(0.002)
     assert learned.seconds == ATTEMPT_FLOOR  # 10 x 2 ms is under the floor
+    feed(learned, [0.02] * (ATTEMPT_RELEARN - 1))
+    assert learned.seconds == ATTEMPT_FLOOR  # not learned again yet
+    learned.observe(0.02)
+    assert learned.seconds > ATTEMPT_FLOOR
 
 
 def test_learned_attempt_timeout_is_a_multiple_of_the_90th_percentile() -> None:
@@ -110,7 +115,7 @@ def test_a_pause_that_delays_a_few_answers_does_not_move_it() -> None:
     learned = _Learned(ATTEMPT_FLOOR, 2.0)
     feed(learned, [0.02] * ATTEMPT_SAMPLES)
     assert learned.seconds == pytest.approx(0.2)
-    feed(learned, [0.5] * 20 + [0.02] * (ATTEMPT_RELEARN * 2 - 20))  # a 0.5 s pause
+    feed(learned, [0.5] * 10 + [0.02] * (ATTEMPT_RELEARN * 2 - 10))  # a 0.5 s pause
     assert learned.seconds == pytest.approx(0.2)
 
 
