@@ -344,7 +344,7 @@ class Result:
     ok: list[bool] = field(default_factory=list)
     kind: list[str] = field(default_factory=list)
     states: list[tuple[float, str]] = field(default_factory=list)
-    hits: int = 0
+    hits: dict[str, int] = field(default_factory=dict)  # by fault phase
     running: int = 0
 
     def record(self, sent: float, latency: float, outcome: str) -> None:
@@ -451,20 +451,23 @@ async def _steer(
     results: Sequence[Result],
     urls: Sequence[str],
 ) -> None:
-    """Switch the upstream's behaviour at each phase boundary; count hits during faults."""
+    """Switch the upstream's behaviour at each phase boundary; count hits in each fault phase."""
     loop = asyncio.get_running_loop()
     paths = [url[len(upstream.url) :] for url in urls]
     before: dict[str, int] | None = None
+    current = scenario.phases[0]
     for phase, start, _ in scenario.spans()[1:]:
         await asyncio.sleep(max(0.0, origin + start - loop.time()))
-        if not phase.fault and before is not None:
+        if before is not None:  # the fault phase ending now: count its hits
             after = await upstream.hits()
             for result, path in zip(results, paths, strict=True):
-                result.hits += after.get(path, 0) - before.get(path, 0)
+                gained = after.get(path, 0) - before.get(path, 0)
+                result.hits[current.name] = result.hits.get(current.name, 0) + gained
             before = None
         await upstream.apply(phase.behaviour)
-        if phase.fault and before is None:
+        if phase.fault:
             before = await upstream.hits()
+        current = phase
 
 
 async def _tick(
@@ -493,8 +496,8 @@ class Summary:
     """The figures of one ``Result`` (latencies in seconds, rates in [0, 1]).
 
     Attributes:
-        trip: seconds from the start of the fault to the breaker's first
-            opening (None: it never opened).
+        trip: seconds from the start of the fault phase in which the breaker
+            first opened to that opening (None: it never opened).
         recover: seconds from the heal until every later ``WINDOW`` had at
             least ``RECOVERED`` success (None: it never did).
         after_heal: the worst window's success rate from 1 s after the heal on.
@@ -509,6 +512,7 @@ class Summary:
     p999: float
     success: float
     hits: int
+    hits_by_phase: Mapping[str, int]
     trip: float | None
     recover: float | None
     after_heal: float
@@ -545,7 +549,10 @@ def summarize(result: Result) -> Summary:
     first, heal = (faults[0][0], faults[-1][1]) if faults else (0.0, 0.0)
     inside = sum(1 for at in result.sent if any(s <= at < e for s, e in faults))
     opened_at = [at for at, state in result.states if state == "open" and at >= first]
-    trip = opened_at[0] - first if opened_at and faults else None
+    trip = None
+    if opened_at:  # from the start of the fault phase it opened in
+        starts = [start for phase, start, _ in scenario.spans() if phase.fault]
+        trip = opened_at[0] - max(start for start in starts if start <= opened_at[0])
     recover = None
     if faults:
         grid = _windows(result, heal, scenario.duration)
@@ -561,7 +568,8 @@ def summarize(result: Result) -> Summary:
         p99=_percentile(ordered, 0.99),
         p999=_percentile(ordered, 0.999),
         success=sum(result.ok) / n if n else math.nan,
-        hits=result.hits,
+        hits=sum(result.hits.values()),
+        hits_by_phase=dict(result.hits),
         trip=trip,
         recover=recover,
         after_heal=min(later, default=1.0),
@@ -582,13 +590,19 @@ def rows(summaries: Sequence[Summary]) -> list[list[str]]:
                 _ms(s.p99),
                 _ms(s.p999),
                 f"{s.success:.1%}",
-                str(s.hits),
+                _hits(s),
                 "-" if s.trip is None else f"{s.trip:.2f} s",
                 "-" if s.recover is None else f"{s.recover:.1f} s",
             ]
             for s in summaries
         ),
     ]
+
+
+def _hits(summary: Summary) -> str:
+    if len(summary.hits_by_phase) <= 1:
+        return str(summary.hits)
+    return ", ".join(f"{n} ({phase})" for phase, n in summary.hits_by_phase.items())
 
 
 def _ms(seconds: float) -> str:
@@ -644,7 +658,7 @@ def plot(results: Sequence[Result], path: str | Path, *, title: str | None = Non
         ax.set_ylabel("latency (ms)")
         ax.set_title(
             f"{result.name}: P99 {_ms(summary.p99)}, success {summary.success:.1%}, "
-            f"{summary.hits} hits at the sick upstream",
+            f"hits at the sick upstream: {_hits(summary)}",
             fontsize=10,
             loc="left",
         )
@@ -778,7 +792,7 @@ async def _demo(
         console.print(
             f"P99 {1 - ours.p99 / base.p99:.0%} lower with resilient; success "
             f"{ours.success:.1%} vs {base.success:.1%}; "
-            f"{ours.hits} vs {base.hits} requests reached the sick upstream."
+            f"requests that reached the sick upstream: {_hits(ours)} vs {_hits(base)}."
         )
     if plot_path is not None:
         written = plot(results, plot_path, title=f"resilient demo: {chosen.name}")

@@ -397,3 +397,54 @@ async def test_the_deadline_clips_every_timeout_and_is_not_the_hosts_failure(
         name = next(iter(hub.breakers()))
         # 0.2 s is less than the slow limit: the host had no fair chance.
         assert hub.breaker(name).snapshot().failures == 0
+
+
+async def test_only_idempotent_requests_are_retried(upstream: Upstream, hub: Hub) -> None:
+    upstream.set(error=1.0, status=503)
+    async with session(hub=hub, timeouts=Timeouts(total=2.0)) as s:
+        async with s.post(upstream.url, data=b"x") as resp:
+            assert resp.status == 503
+        assert upstream.hits == 1
+        upstream.reset_stats()
+        headers = {"Idempotency-Key": "order-42"}
+        async with s.post(upstream.url, data=b"x", headers=headers) as resp:
+            assert resp.status == 503
+        assert upstream.hits == 3  # the first attempt and two retries
+        upstream.reset_stats()
+        async with s.put(upstream.url, data=b"x") as resp:
+            assert resp.status == 503
+        # Five attempts in a row have failed at this host: no more retries there.
+        assert upstream.hits == 2
+    async with session(hub=Hub(), timeouts=Timeouts(total=2.0), retries=False) as s:
+        upstream.reset_stats()
+        assert await get(s, upstream.url) == 503
+        assert upstream.hits == 1
+
+
+async def test_the_middlewares_work_alone_in_a_plain_session(upstream: Upstream, hub: Hub) -> None:
+    from resilient.http import (
+        breaker_middleware,
+        deadline_propagation,
+        retry_middleware,
+        timeout_middleware,
+    )
+
+    middlewares = (
+        retry_middleware(),
+        breaker_middleware(hub),
+        timeout_middleware(Timeouts(total=2.0)),
+        deadline_propagation(),
+    )
+    upstream.set(error=1.0, status=500)
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=2.0), middlewares=middlewares
+    ) as s:
+        rejected = 0
+        for _ in range(40):
+            try:
+                assert await get(s, upstream.url) == 500
+            except HostCircuitOpenError:
+                rejected += 1
+        assert rejected >= 10
+        assert upstream.hits <= 25
+        assert in_use(s) == 0

@@ -50,7 +50,7 @@ def recorded(s: Scenario) -> Result:
             result.ok[-1] = False
             result.kind[-1] = "HostCircuitOpenError"
     result.states = [(4.3, "open"), (9.9, "half_open"), (10.5, "closed")]
-    result.hits = 7
+    result.hits = {"outage": 7}
     return result
 
 
@@ -66,6 +66,7 @@ def test_summary_of_a_recorded_run() -> None:
     assert summary.recover == pytest.approx(0.6)  # the first fully good window after the heal
     assert summary.after_heal == 1.0
     assert summary.hits == 7
+    assert summary.hits_by_phase == {"outage": 7}
     assert summary.opened
     table = rows([summary])
     assert table[0][0] == "client" and table[1][:2] == ["x", "2.0 ms"]
