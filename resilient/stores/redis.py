@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from resilient.fleet import FleetView, Outbox
     from resilient.hub import Hub
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "redact_url", "scrub", "url_secrets"]
 
 log = logging.getLogger("resilient.redis")
 
@@ -61,6 +61,7 @@ RETRY_MAX: Final = 0.5  # seconds between attempts while Redis is unreachable
 AUTH_RETRY: Final = 5.0  # ... when it refuses our credentials (it will not change its mind soon)
 LISTEN_POLL: Final = 1.0  # seconds a listener waits for a message before looking at `closing`
 SCAN_COUNT: Final = 1000
+STALE_HORIZON: Final = 10.0  # seconds: how much older (Redis clock) a late reply can be
 SCHEMES: Final = ("redis", "rediss", "unix")
 
 Client = aioredis.Redis | RedisCluster
@@ -102,12 +103,12 @@ class RedisStore:
             _lua.keys_for(namespace, "x")  # checks the namespace against the name rule
         self._secrets: tuple[str, ...] = ()
         if isinstance(url_or_client, str):
-            self._where = _redacted(url_or_client)
+            self._where = redact_url(url_or_client)
             if urlsplit(url_or_client).scheme not in SCHEMES:
                 raise ValueError(
                     f"url must start with redis://, rediss:// or unix://, got {self._where!r}"
                 )
-            self._secrets = _url_secrets(url_or_client, client_options)
+            self._secrets = url_secrets(url_or_client, client_options)
             self._url: str | None = url_or_client
             self._client: Client | None = None
         elif isinstance(url_or_client, aioredis.Redis | RedisCluster):
@@ -236,10 +237,7 @@ class RedisStore:
             return False
         now = time.monotonic()
         for name, view in views.items():
-            self._remember(name, view, now)
-            breaker = self._breakers.get(name)
-            if breaker is not None:
-                breaker.sync_in(view)
+            self._apply(name, view, now)
         self._refresh.update(self._breakers)  # those with no state yet, and any missed
         self._connected = True
         self._start_listener()
@@ -333,12 +331,8 @@ class RedisStore:
                 continue
             failed.pop(name, None)
             self._degraded.discard(name)
-            if view is None:
-                continue
-            self._remember(name, view, now)
-            target = self._breakers.get(name)
-            if target is not None:
-                target.sync_in(view)
+            if view is not None:
+                self._apply(name, view, now)
         self._failed([(b, box) for b, box in boxes if box.name in failed])
         return True
 
@@ -379,8 +373,23 @@ class RedisStore:
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
-    def _remember(self, name: str, view: FleetView, at: float) -> None:
+    def _apply(self, name: str, view: FleetView, at: float) -> None:
+        """Give ``view`` to the breaker (and remember it for one made later), unless stale.
+
+        A flush reply and a published transition travel on two connections,
+        so they can arrive out of order: a view computed (by Redis's clock)
+        before one already applied, with an older generation, is dropped. A
+        Redis replaced by one whose clock is far behind is not "older".
+        """
+        known = self._views.get(name)
+        if known is not None:
+            old = known[0]
+            if view.generation < old.generation and old.now - STALE_HORIZON < view.now <= old.now:
+                return
         self._views[name] = (dataclasses.replace(view, tokens=0), at)
+        breaker = self._breakers.get(name)
+        if breaker is not None:
+            breaker.sync_in(view)
 
     # ------------------------------------------------------------------ listening
 
@@ -429,13 +438,7 @@ class RedisStore:
         if view is None:
             self._log_once("message", "resilient: ignored a malformed message on %s", channel)
             return
-        known = self._views.get(name)
-        if known is not None and known[0].generation > view.generation:
-            return  # older than what a flush already answered
-        self._remember(name, view, time.monotonic())
-        breaker = self._breakers.get(name)
-        if breaker is not None:
-            breaker.sync_in(view)
+        self._apply(name, view, time.monotonic())
 
     # ------------------------------------------------------------------ outages
 
@@ -468,9 +471,7 @@ class RedisStore:
             log.warning(message, *(self._scrub(str(a)) for a in args))
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
 
 class _Link:
@@ -523,7 +524,7 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _redacted(url: str) -> str:
+def redact_url(url: str) -> str:
     """``url`` with its user info and query (where passwords hide) left out."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -535,7 +536,16 @@ def _redacted(url: str) -> str:
     return f"{parts.scheme}://{auth}{host}{port}{parts.path}"
 
 
-def _url_secrets(url: str, options: dict[str, Any]) -> tuple[str, ...]:
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def url_secrets(url: str, options: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The passwords a URL (and client options) carry, as written and URL-decoded."""
+    options = options or {}
     parts = urlsplit(url)
     found = [parts.password, unquote(parts.password or ""), options.get("password")]
     for item in parts.query.split("&"):

@@ -111,11 +111,12 @@ def _worker() -> None:  # pragma: no cover - runs in the child processes
             elif op == "probe":  # from `start` (epoch) on, keep calling a failing dependency
                 time.sleep(max(0.0, cmd["start"] - time.time()))
                 end = time.monotonic() + cmd["seconds"]
-                ran = 0
+                ran = degraded = 0
                 while time.monotonic() < end:
                     ran += call(br, slow_fail, unexpected) == "failed"
+                    degraded |= br.snapshot().degraded
                     time.sleep(0.002)
-                send({"ran": ran, "unexpected": unexpected})
+                send({"ran": ran, "degraded": bool(degraded), "unexpected": unexpected})
             elif op == "load":  # ok calls for `seconds`; was the breaker ever degraded?
                 end = time.monotonic() + cmd["seconds"]
                 degraded = calls = 0
@@ -329,7 +330,11 @@ def test_half_open_probes_are_bounded_fleet_wide(
     answers = [w.answer() for w in fleet]
     assert all(a["unexpected"] == [] for a in answers)
     ran = sum(a["ran"] for a in answers)
-    assert 1 <= ran <= 3, answers
+    # While a process cannot reach Redis it probes on its own (half-open must not stick):
+    # then the bound is per process. Here Redis is up, so only a sync slower than the
+    # store's timeout (a starved CI box) could allow that.
+    alone = sum(a["degraded"] for a in answers)
+    assert 1 <= ran <= 3 * (1 + alone), answers
     assert state_hash(redis_server_session, "probe")["state"] == "open"  # the probes failed
 
 
@@ -359,7 +364,7 @@ def test_redis_killed_and_restarted_empty_under_load(redis_with_password: RedisS
             assert a["calls"] > 100
         poll(lambda: bool(state_hash(server, "dep", "kill")), bound=2.0)
         for w in workers:  # converged: no longer degraded, one fleet state again
-            assert w.ask(op="state", name="dep")["degraded"] is False
+            poll(lambda: w.ask(op="state", name="dep")["degraded"] is False, bound=3.0)  # noqa: B023
         workers[0].ask(op="manual", name="dep", action="force_open")
         for w in workers[1:]:
             assert w.ask(op="wait", name="dep", state="forced_open", timeout=5.0)["seen"]

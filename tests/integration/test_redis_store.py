@@ -300,6 +300,36 @@ async def test_malformed_messages_are_ignored(
     assert run(br, ok) == ["ok"]
 
 
+async def test_a_late_view_never_undoes_a_newer_one(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    """A reply and a message cross on two connections: the older one (by generation and
+    Redis time) is dropped, whichever arrives last."""
+    a = await hubs()
+    br = a.breaker("dep")
+    br.force_open()
+    await until(
+        lambda: state_hash(redis_server_session, a.namespace, "dep").get("state") == "forced_open"
+    )
+    await asyncio.sleep(0.2)  # the reply is in
+    stored = state_hash(redis_server_session, a.namespace, "dep")
+    generation, at = int(stored["generation"]), float(stored["changed_at"])
+    channel = _lua.keys_for(a.namespace, "dep").channel
+
+    def message(state: str, generation: int, now: float) -> str:
+        return json.dumps({
+            "state": state, "open_until": None, "now": now, "trips": 0,
+            "generation": generation, "calls": 0, "failures": 0, "slow": 0, "tokens": 0,
+        })  # fmt: skip
+
+    with redis_server_session.client() as client:
+        client.publish(channel, message("closed", generation - 1, at - 0.01))
+        await asyncio.sleep(0.2)
+        assert br.state is State.FORCED_OPEN
+        client.publish(channel, message("disabled", generation + 1, at + 0.01))
+        await until(lambda: br.state is State.DISABLED)
+
+
 async def test_keys_expire(hubs: Callable[..., Any], redis_server_session: RedisServer) -> None:
     a = await hubs()
     br = a.breaker("dep")
@@ -427,3 +457,56 @@ async def test_rediss_works(tls_redis: tuple[str, Path]) -> None:
         a.breaker("dep").force_open()
         await until(lambda: b.breaker("dep").state is State.FORCED_OPEN)
         assert not a.breaker("dep").snapshot().degraded
+
+
+# ------------------------------------------------------------------ resilient status
+
+
+def status_cli(*args: str) -> Any:
+    import typer
+    from typer.testing import CliRunner
+
+    from resilient.cli.status import status
+
+    app = typer.Typer()
+    app.command()(status)
+    return CliRunner().invoke(app, list(args), env={})
+
+
+async def test_status_shows_the_fleet(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    a = await hubs()
+    run(a.breaker("dep"), fail, 4)
+    run(a.breaker("fine"), ok, 2)
+    a.breaker("manual").force_open()
+    await until(lambda: len(state_hash(redis_server_session, a.namespace, "fine")) > 0)
+    await until(lambda: state_hash(redis_server_session, a.namespace, "dep").get("state") == "open")
+    url = redis_server_session.url
+    result = await asyncio.to_thread(
+        status_cli, "--redis", url, "--namespace", a.namespace, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)["breakers"]}
+    assert set(rows) >= {"dep", "fine", "manual"}
+    assert rows["dep"]["state"] == "open" and rows["dep"]["failures"] == 4
+    assert 0 < rows["dep"]["retry_after"] <= 1.1  # open_duration, jitter included
+    assert rows["fine"]["state"] == "closed" and rows["fine"]["calls"] == 2
+    assert rows["manual"]["state"] == "forced_open" and rows["manual"]["reason"] == "manual"
+    text = await asyncio.to_thread(status_cli, "--redis", url, "--namespace", a.namespace, "dep")
+    assert text.exit_code == 0
+    assert text.output.splitlines()[0].split()[:3] == ["NAME", "STATE", "CALLS"]
+    assert text.output.splitlines()[1].split()[:3] == ["dep", "open", "4"]
+
+
+def test_status_exit_codes_and_no_password(redis_with_password: RedisServer) -> None:
+    wrong = redis_with_password.url.replace("s3cr", "nope")
+    refused = status_cli("--redis", wrong)
+    assert refused.exit_code == 3
+    assert "nope" not in refused.output and "s3cr" not in refused.output
+    port = port_for.select_random()
+    assert status_cli("--redis", f"redis://:pw@127.0.0.1:{port}/0").exit_code == 3
+    assert status_cli("--redis", redis_with_password.url, "--namespace", "a b").exit_code == 1
+    empty = status_cli("--redis", redis_with_password.url, "--namespace", "nothing")
+    assert empty.exit_code == 0 and "no breaker state" in empty.output
+    assert "s3cr" not in empty.output
