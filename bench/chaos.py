@@ -17,7 +17,7 @@ The clients:
 - ``aiohttp``: ``ClientSession(timeout=ClientTimeout(total=2))``, the default
   connector: what most code does today, and the baseline of every ratio.
 - ``aiohttp+tenacity``: the same, each request in tenacity's ``AsyncRetrying``
-  (3 attempts, exponential jitter from 0.1 s, retrying ``ClientError`` and
+  (3 attempts, full-jitter exponential waits from 0.1 s, retrying ``ClientError`` and
   timeouts; ``raise_for_status`` so 5xx are retried).
 - ``aiohttp+pybreaker+tenacity``: the same, each attempt through a
   ``pybreaker.CircuitBreaker(fail_max=5, reset_timeout=1)``: far shorter
@@ -51,7 +51,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from resilient.demo import (
@@ -81,7 +81,7 @@ RETRIED = (aiohttp.ClientError, asyncio.TimeoutError)
 def _retrying() -> AsyncRetrying:
     return AsyncRetrying(
         stop=stop_after_attempt(3),
-        wait=wait_exponential_jitter(initial=0.1, max=1.0),
+        wait=wait_random_exponential(multiplier=0.1, max=1.0),
         retry=retry_if_exception_type(RETRIED),
         reraise=True,
     )

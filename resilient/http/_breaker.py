@@ -39,12 +39,19 @@ were slow*.
   well within a second of the heal, and a long outage costs one probe per
   0.6-0.8 s.
 - ``half_open_calls=1``: one request per round reaches a host that may still
-  be down (and gets more time than other attempts: ``guard()``).
+  be down.
 - ``cancel_on_open=True``: when the breaker opens, requests already past the
   slow limit fail at once instead of waiting out their timeouts.
 
-Concurrency: the breaker lookup is a dict read; a breaker is created under
-the hub's lock on first use, so racing requests share one.
+This module also holds what the layers share, since "a host" is the
+breaker's notion first: ``Host`` (one session's state for one ``host:port``,
+a slot per layer), ``Hosts`` (the table, filled on first use) and ``chain``
+(layers linked into one aiohttp client middleware; each ``*_middleware`` is a
+chain of one).
+
+Concurrency: one event loop per session. The host lookup is a dict read; a
+breaker is created under the hub's lock on first use, so racing sessions
+share one.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ import itertools
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
@@ -67,7 +74,6 @@ from resilient.config import BreakerConfig
 from resilient.errors import CircuitOpenError, ConfigError
 from resilient.hub import Hub, default_hub
 from resilient.latency import AutoSlow
-from resilient.state import State
 
 if TYPE_CHECKING:
     from resilient.budget import RetryBudget
@@ -76,7 +82,6 @@ if TYPE_CHECKING:
 __all__ = [
     "HTTP_DEFAULTS",
     "BreakerLayer",
-    "Guard",
     "Host",
     "HostCircuitOpenError",
     "Hosts",
@@ -89,6 +94,7 @@ __all__ = [
     "http_auto_slow",
     "is_failure",
     "route_key",
+    "slow_limit",
 ]
 
 #: The per-host breaker defaults of the HTTP layer (see the module docstring for why).
@@ -265,33 +271,24 @@ def _defaults(value: BreakerConfig | Mapping[str, Any] | None) -> BreakerConfig:
     )
 
 
-class Guard(NamedTuple):
-    """The breaker an attempt is going through (see ``guard``)."""
-
-    breaker: CircuitBreaker
-    probe: bool  # the attempt is the breaker's half-open probe
-
-    @property
-    def slow_limit(self) -> float:
-        """Seconds after which the breaker judges a call slow (learned, with "auto")."""
-        return self.breaker._slow_seconds
-
-
 #: The breaker guarding the attempt being sent (see ``guard``).
-_guard_var: ContextVar[Guard | None] = ContextVar("resilient.http.guard", default=None)
+_guard_var: ContextVar[CircuitBreaker | None] = ContextVar("resilient.http.guard", default=None)
 
 
-def guard() -> Guard | None:
+def guard() -> CircuitBreaker | None:
     """The breaker the attempt being sent goes through, or None (no breaker layer).
 
-    The timeout layer beneath reads it: an attempt timeout is never shorter
-    than the breaker's slow limit, so a timed-out attempt also counts as a
-    slow call (and a host whose requests all time out opens the breaker even
-    while other requests to it hang); and a half-open probe gets more time,
-    since the one call that decides whether a host is back must not fail on a
-    cold connection's first answer.
+    The timeout layer beneath reads its slow limit (``slow_limit``): an attempt
+    timeout is never shorter, so a timed-out attempt also counts as a slow
+    call, and a host whose requests all time out opens the breaker even while
+    other requests to it hang.
     """
     return _guard_var.get()
+
+
+def slow_limit(br: CircuitBreaker) -> float:
+    """Seconds after which ``br`` judges a call slow now (learned, with "auto")."""
+    return br._slow_seconds
 
 
 #: An attempt through a breaker: ``(request, handler, host) -> response``.
@@ -340,15 +337,12 @@ class BreakerLayer:
 
     def _guard(self, br: CircuitBreaker) -> Guarded:
         """The call ``br`` guards: the inner layers, a failing status raised for it to count."""
-        closed, probe = Guard(br, False), Guard(br, True)
         layer = self
 
         async def send(
             req: ClientRequest, handler: ClientHandlerType, host: Host
         ) -> ClientResponse:
-            # Admission happened just before, in this same step: HALF_OPEN now
-            # means this call is a probe (one admitted while CLOSED is past here).
-            token = _guard_var.set(probe if br.state is State.HALF_OPEN else closed)
+            token = _guard_var.set(br)
             try:
                 inner = layer.inner
                 response = await (handler(req) if inner is None else inner(req, handler, host))

@@ -6,7 +6,8 @@ One idea: ask again, but only when asking again is safe and affordable.
   ``DELETE``, ``OPTIONS``, ``TRACE``, or any request carrying an
   ``Idempotency-Key`` header), and only while their body can be sent again.
 - Worth it: connection errors and timeouts, and the statuses that say "try
-  again" (429 and 5xx gateway/availability errors, by default). A rejection by
+  again" (429, 500, 502, 503 and 504 by default, as the big cloud API clients
+  retry). A rejection by
   a breaker (``RejectedError``), the caller's deadline (``DeadlineExceeded``)
   and cancellation are never retried.
 - Affordable: every request deposits into the host's ``RetryBudget`` and
@@ -25,11 +26,11 @@ This layer also owns the request's total budget: it publishes the loop time
 by which the whole request must end in a ``ContextVar`` that the per-attempt
 timeout beneath it reads (``request_expiry``), so every attempt is clipped to
 what is left. The decision after each attempt is one sync method
-(``_Retrier.plan``), which never awaits; the middleware only carries it out.
+(``RetryLayer.plan``), which never awaits; ``__call__`` only carries it out.
 
-Concurrency: the middleware holds no per-request state; the per-host budgets
-are created on first use (a dict insert, atomic under the GIL) and are
-thread-safe themselves.
+Concurrency: one event loop. The layer holds no per-request state; a host's
+budget and streak live in its ``Host`` (created on first use), and the
+budget is thread-safe itself.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, Clie
 
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded
-from resilient.http._breaker import Host, Inner, chain, guard
+from resilient.http._breaker import Host, Inner, chain, guard, slow_limit
 from resilient.http._retry import TOTAL_MARGIN, is_idempotent, request_expiry
 
 __all__ = [
@@ -68,9 +68,6 @@ ATTEMPT_MULTIPLE: Final = 10.0
 ATTEMPT_QUANTILE: Final = 0.9
 #: ... but never below this (seconds): fast hosts jitter, and a retry must be rare.
 ATTEMPT_FLOOR: Final = 0.05
-#: A half-open probe gets this many times the attempt timeout: the one call that
-#: decides whether a host is back must not fail on a cold connection's first answer.
-PROBE_SLACK: Final = 4.0
 #: Answers the percentile is taken over, how many it is first learned from, and
 #: how often (in answers) it is learned again.
 ATTEMPT_SAMPLES: Final = 256
@@ -275,16 +272,14 @@ class TimeoutLayer:
         limit, bound = expiry - started, _TOTAL
         learned = None
         if self._applies(req):
-            guarded = guard()
             learned = host.learned
             if learned is not None:
                 own = learned.seconds
-                if guarded is not None and guarded.slow_limit > own:
-                    own = guarded.slow_limit  # a timed-out attempt must count as slow
+                br = guard()
+                if br is not None and slow_limit(br) > own:
+                    own = slow_limit(br)  # a timed-out attempt must count as slow
             else:
                 own = self._fixed
-            if guarded is not None and guarded.probe:
-                own *= PROBE_SLACK
             if own < limit:
                 limit, bound = own, _ATTEMPT
         inner = self.inner
