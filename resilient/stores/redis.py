@@ -43,6 +43,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resilient.stores import _lua
 
@@ -65,6 +67,8 @@ STALE_HORIZON: Final = 10.0  # seconds: how much older (Redis clock) a late repl
 SCHEMES: Final = ("redis", "rediss", "unix")
 
 Client = aioredis.Redis | RedisCluster
+_Call = tuple[str, _lua.Keys, str, list[Any]]  # (breaker name, its keys, script sha, ARGV)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
 class RedisStore:
@@ -232,7 +236,7 @@ class RedisStore:
             await client.script_load(_lua.FLUSH)
             await client.script_load(_lua.READ)
             views = await self._load_namespace(client)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # whatever it is, callers must not see it
             self._went_down(exc)
             return False
         now = time.monotonic()
@@ -250,16 +254,10 @@ class RedisStore:
             name = _lua.name_from_key(self._ns, _text(key), "state")
             if name is not None:
                 names.append(name)
-        if not names:
-            return {}
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            keys = _lua.Keys(self._ns, name)
-            pipe.evalsha(_lua.READ_SHA, 2, keys.state, keys.window, "")
-        replies = await pipe.execute()
+        calls = [(name, _lua.Keys(self._ns, name), _lua.READ_SHA, [""]) for name in names]
         views = {}
-        for name, reply in zip(names, replies, strict=True):
-            view = _lua.parse_reply(reply)
+        for name, reply in zip(names, await self._execute(client, calls), strict=True):
+            view = None if isinstance(reply, Exception) else _lua.parse_reply(reply)
             if view is not None:
                 views[name] = view
         return views
@@ -278,10 +276,16 @@ class RedisStore:
                 await asyncio.sleep(backoff)  # wakes wait too: no storm of connects
             self._wake.clear()
             closing = self._closing
-            if self._connected or await self._connect():
-                ok = await self._flush()
-            else:
-                self._failed(self._collect())  # what could not be sent is kept, bounded
+            try:
+                if self._connected or await self._connect():
+                    ok = await self._flush()
+                else:
+                    self._failed(self._collect())  # what could not be sent is kept, bounded
+                    ok = False
+            except Exception:  # a bug must not stop the syncing: say so once, go on
+                if "bug" not in self._errors_logged:
+                    self._errors_logged.add("bug")
+                    log.exception("resilient: RedisStore sync failed unexpectedly")
                 ok = False
             if ok:
                 backoff = self.sync_interval
@@ -302,25 +306,26 @@ class RedisStore:
         reads = [n for n in reads if n not in sent]
         if not boxes and not reads:
             return True
-        calls: list[tuple[str, str, list[Any]]] = []  # (name, sha, args)
-        for breaker, box in boxes:
+        calls: list[_Call] = []
+        for _, box in boxes:
+            keys = self._keys[box.name]
             try:
-                args = _lua.flush_args(box, self._keys[box.name].channel)
+                args = _lua.flush_args(box, keys.channel)
             except ValueError as exc:  # a breaker bug: drop this outbox, say so once
                 self._log_once("outbox", "resilient: outbox of %r not sent: %s", box.name, exc)
                 continue
-            calls.append((breaker.name, _lua.FLUSH_SHA, args))
-        calls.extend((name, _lua.READ_SHA, [""]) for name in reads)
+            calls.append((box.name, keys, _lua.FLUSH_SHA, args))
+        calls.extend((name, self._keys[name], _lua.READ_SHA, [""]) for name in reads)
         try:
             replies = await self._execute(client, calls)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # whatever it is, callers must not see it
             self._failed(boxes)
             self._refresh.update(reads)
             self._went_down(exc)
             return False
         failed = {box.name: box for _, box in boxes}
         now = time.monotonic()
-        for (name, _, _), reply in zip(calls, replies, strict=True):
+        for (name, *_), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 self._log_once("reply", "resilient: Redis refused a sync of %r: %s", name, reply)
                 continue
@@ -353,8 +358,11 @@ class RedisStore:
             breaker.sync_failed(box)
             self._degraded.add(breaker.name)
 
-    async def _execute(self, client: Client, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
-        """Run the calls in one pipeline; load the scripts and rerun any NOSCRIPT ones."""
+    async def _execute(self, client: Client, calls: list[_Call]) -> list[Any]:
+        """Run the calls in one round trip; load the scripts and rerun any NOSCRIPT ones.
+
+        Raises what made the whole round trip fail; one call's error is its reply.
+        """
         replies = await self._pipeline(client, calls)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:  # Redis restarted (or flushed its scripts): a script never ran
@@ -365,12 +373,22 @@ class RedisStore:
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, client: Client, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+    async def _pipeline(self, client: Client, calls: list[_Call]) -> list[Any]:
+        if isinstance(client, RedisCluster):
+            # redis-py refuses EVALSHA in cluster pipelines: send the calls at once
+            # instead (each to its slot's node); still one command per breaker.
+            replies: list[Any] = await asyncio.gather(
+                *(client.evalsha(sha, 2, k.state, k.window, *args) for _, k, sha, args in calls),
+                return_exceptions=True,
+            )
+            down = [r for r in replies if isinstance(r, _UNREACHABLE)]
+            if down and len(down) == len(replies):
+                raise down[0]  # no node answered: an outage, not a few refusals
+            return replies
         pipe = client.pipeline(transaction=False)
-        for name, sha, args in calls:
-            keys = self._keys[name]
+        for _, keys, sha, args in calls:
             pipe.evalsha(sha, 2, keys.state, keys.window, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        replies = await pipe.execute(raise_on_error=False)
         return replies
 
     def _apply(self, name: str, view: FleetView, at: float) -> None:
@@ -419,7 +437,7 @@ class RedisStore:
                         self._refresh.update(self._breakers)  # what we missed meanwhile
                         self._request_flush()
                     message = await pubsub.get_message(timeout=LISTEN_POLL)
-                except (RedisError, OSError) as exc:
+                except Exception as exc:  # whatever it is, callers must not see it
                     self._went_down(exc)
                     await _close_pubsub(pubsub)
                     pubsub = None

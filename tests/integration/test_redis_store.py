@@ -96,12 +96,22 @@ async def hubs(redis_server_session: RedisServer) -> AsyncIterator[Callable[...,
 # ------------------------------------------------------------------ sharing
 
 
-async def test_the_fleet_window_trips_every_hub(hubs: Callable[..., Any]) -> None:
-    a, b = await hubs(), await hubs()
-    ba, bb = a.breaker("dep"), b.breaker("dep")
+def window_calls(server: RedisServer, namespace: str, name: str) -> int:
+    keys = _lua.keys_for(namespace, name)
+    with server.client(decode_responses=True) as client:
+        return sum(int(v) for v in client.hgetall(keys.window).values())
+
+
+async def test_the_fleet_window_trips_every_hub(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    a = await hubs()
+    ba = a.breaker("dep")
     assert run(ba, fail, 3) == ["failed"] * 3  # 3 < minimum_calls: nobody opens alone
-    await until(lambda: bb.snapshot().degraded is False and bb._fleet.calls >= 3)
-    assert run(bb, fail) == ["failed"]  # the fleet's 4th failure
+    await until(lambda: window_calls(redis_server_session, a.namespace, "dep") == 3)
+    b = await hubs()  # it starts with the fleet's window: 3 calls, 3 failed
+    bb = b.breaker("dep")
+    assert run(bb, fail) == ["failed"]  # the fleet's 4th failure: a fleet trip, at once
     assert bb.state is State.OPEN
     took = await until(lambda: ba.state is State.OPEN)
     assert took < BOUND
@@ -170,7 +180,7 @@ async def test_a_local_fault_opens_one_hub_and_is_not_published(
     a, b = await hubs(), await hubs()
     ba, bb = a.breaker("dep"), b.breaker("dep")
     run(bb, ok, 40)  # the fleet is healthy
-    await until(lambda: ba._fleet is not None and ba._fleet.calls >= 40)
+    await until(lambda: window_calls(redis_server_session, a.namespace, "dep") == 40)
     assert run(ba, fail, 5)[:4] == ["failed"] * 4  # our own 4 of 4 failed: open here
     assert ba.state is State.OPEN
     await asyncio.sleep(0.3)  # three sync intervals: time enough to spread, if it did
@@ -432,17 +442,7 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        import socket
-
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("redis-server with TLS did not start")
-                time.sleep(0.02)
+        _wait_for_port(port)
         yield f"rediss://127.0.0.1:{port}/0", ca
     finally:
         os.kill(proc.pid, signal.SIGTERM)
@@ -510,3 +510,104 @@ def test_status_exit_codes_and_no_password(redis_with_password: RedisServer) -> 
     empty = status_cli("--redis", redis_with_password.url, "--namespace", "nothing")
     assert empty.exit_code == 0 and "no breaker state" in empty.output
     assert "s3cr" not in empty.output
+
+
+# ------------------------------------------------------------------ Redis Cluster
+
+
+def _free_cluster_port(taken: set[int]) -> int:
+    """A port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = int(port_for.select_random(ports=set(range(20000, 40000)) - taken))
+        if port_for.is_available(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[list[int]]:
+    """A real three-primary Redis Cluster on loopback; the ports of its nodes."""
+    import redis
+
+    ports: list[int] = []
+    for _ in range(3):
+        ports.append(_free_cluster_port(set(ports)))
+
+    def node(port: int) -> subprocess.Popen[bytes]:
+        command = [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+            "--dir", str(tmp_path), "--save", "", "--appendonly", "no",
+        ]  # fmt: skip
+        return subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
+
+    procs = [node(p) for p in ports]
+    try:
+        for p in ports:
+            _wait_for_port(p)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        for p in ports:
+            with redis.Redis(port=p) as member:
+                end = time.monotonic() + 20
+                while member.cluster("info").get("cluster_state") != "ok":
+                    assert time.monotonic() < end, "the cluster never became ok"
+                    time.sleep(0.05)
+        yield ports
+    finally:
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
+def _wait_for_port(port: int) -> None:
+    import socket
+
+    end = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            assert time.monotonic() < end, f"nothing listens on {port}"
+            time.sleep(0.02)
+
+
+async def test_a_redis_cluster_works_like_one_node(redis_cluster: list[int]) -> None:
+    from redis.asyncio.cluster import RedisCluster
+    from redis.crc import key_slot
+
+    def cluster(port: int) -> RedisCluster:
+        return RedisCluster(host="127.0.0.1", port=port, socket_timeout=0.25)
+
+    names = [f"dep{i}" for i in range(8)]
+    clients = [cluster(p) for p in redis_cluster]
+    try:
+        a = Hub("cl", store=RedisStore(clients[0]), defaults=CONFIG)
+        b = Hub("cl", store=RedisStore(clients[1]), defaults=CONFIG)
+        async with a, b:
+            await clients[0].initialize()
+            owners = {
+                str(clients[0].get_node_from_key(_lua.keys_for("cl", n).state)) for n in names
+            }
+            assert len(owners) >= 2  # the breakers really live on different nodes
+            for n in names:
+                keys = _lua.keys_for("cl", n)
+                assert key_slot(keys.state.encode()) == key_slot(keys.window.encode())
+                run(a.breaker(n), fail, 4)
+            await until(lambda: all(b.breaker(n).state is State.OPEN for n in names))
+            b.breaker("dep0").force_open()
+            await until(lambda: a.breaker("dep0").state is State.FORCED_OPEN)
+            async with Hub("cl", store=RedisStore(clients[2]), defaults=CONFIG) as late:
+                assert late.breaker("dep0").state is State.FORCED_OPEN
+                assert all(late.breaker(n).state is State.OPEN for n in names[1:])
+                assert "cluster" in repr(late.store)
+    finally:
+        for c in clients:
+            await c.aclose()
