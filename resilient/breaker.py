@@ -458,24 +458,21 @@ class CircuitBreaker:
                 self._settle_error(ticket, now, exc)
                 raise
             end = clock()
-            failed = judge is not None and judge(result)
             flight = self._flight
-            if (
-                not failed
-                and end < self._fast_until
+            if judge is not None and judge(result):
+                self._settle(ticket, now, end, _COUNT_FAILURE)
+            elif (
+                end < self._fast_until
                 and end - now < self._slow_seconds
                 and ticket >= flight.oldest
             ):
                 flight.counts[ticket % RING] -= 1
                 window = self._window
-                if window.timed:
-                    window.counts[window.pos] += 1  # + SUCCESS, which is 0
-                else:
-                    window.add(SUCCESS)
+                window.counts[window.pos] += 1  # a success (see the windows)
                 if self._observers:
                     self._observe("success", end - now)
             else:
-                self._settle(ticket, now, end, _COUNT_FAILURE if failed else _COUNT_SUCCESS)
+                self._settle(ticket, now, end, _COUNT_SUCCESS)
             return result
 
         return call
@@ -486,14 +483,16 @@ class CircuitBreaker:
         @functools.wraps(fn)
         async def call(*args: P.args, **kwargs: P.kwargs) -> R:
             now = clock()
+            watch = None
             if now < self._fast_until:
                 flight = self._flight
                 ticket = flight.slot
                 flight.counts[ticket % RING] += 1
             else:
                 ticket = self._admit(now)
-            # A probe is judged slow by a timer if it hangs: nobody else may call.
-            watch = self._watch_probe() if ticket <= _PROBE else None
+                if ticket <= _PROBE:
+                    # A probe that hangs is judged slow by a timer: nobody else may call.
+                    watch = self._watch_probe()
             running = self._running
             if running is not None:
                 task = asyncio.current_task()
@@ -516,24 +515,21 @@ class CircuitBreaker:
             if running is not None:
                 self._forget_task(running)
             end = clock()
-            failed = judge is not None and judge(result)
             flight = self._flight
-            if (
-                not failed
-                and end < self._fast_until
+            if judge is not None and judge(result):
+                self._settle(ticket, now, end, _COUNT_FAILURE)
+            elif (
+                end < self._fast_until
                 and end - now < self._slow_seconds
                 and ticket >= flight.oldest
             ):
                 flight.counts[ticket % RING] -= 1
                 window = self._window
-                if window.timed:
-                    window.counts[window.pos] += 1
-                else:
-                    window.add(SUCCESS)
+                window.counts[window.pos] += 1  # a success (see the windows)
                 if self._observers:
                     self._observe("success", end - now)
             else:
-                self._settle(ticket, now, end, _COUNT_FAILURE if failed else _COUNT_SUCCESS)
+                self._settle(ticket, now, end, _COUNT_SUCCESS)
             return result
 
         return call

@@ -21,7 +21,6 @@ on the hot path. A free-threaded build would need the guard there too.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 __all__ = [
     "FAILURE",
@@ -68,7 +67,6 @@ class TimeWindow:
     """
 
     __slots__ = ("buckets", "counts", "head", "pos", "width")
-    timed: Literal[True] = True  # the success path adds to counts[pos] directly
 
     def __init__(self, size: float, buckets: int) -> None:
         self.buckets = buckets
@@ -126,18 +124,43 @@ class CountWindow:
     ring turns (the outcome a new one overwrites is taken off). Admission
     attempts that were dropped (adaptive mode) are ``REQUESTS`` entries of the
     same ring, so requests and outcomes share the window's length.
+
+    Like ``TimeWindow``, the success path adds to ``counts[pos]``: here a cell
+    of successes not yet in the ring, written into it (in one slice) before
+    anything else is added or counted.
     """
 
-    __slots__ = ("counts", "next", "ring", "size")
-    timed: Literal[False] = False
+    __slots__ = ("counts", "next", "pos", "ring", "size")
 
     _EMPTY = KINDS  # the kind of a slot not yet written: counted in a spare cell
+    _PENDING = KINDS + 1
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.ring = bytearray([self._EMPTY]) * size
-        self.counts = [0] * KINDS + [size]  # the last cell counts empty slots
+        self.counts = [0] * KINDS + [size, 0]  # then: empty slots, successes not yet in the ring
         self.next = 0
+        self.pos = self._PENDING
+
+    def _fold(self) -> None:
+        """Write the successes the success path counted into the ring."""
+        counts = self.counts
+        pending = counts[self._PENDING]
+        if not pending:
+            return
+        counts[self._PENDING] -= pending
+        ring, size = self.ring, self.size
+        if pending >= size:
+            ring[:] = bytes(size)  # SUCCESS is 0
+            counts[: KINDS + 1] = [size] + [0] * KINDS
+            self.next = (self.next + pending) % size
+            return
+        for _ in range(pending):
+            i = self.next % size
+            self.next = i + 1
+            counts[ring[i]] -= 1
+            ring[i] = SUCCESS
+        counts[SUCCESS] += pending
 
     def advance(self, now: float) -> None:
         """Count windows do not age."""
@@ -146,6 +169,7 @@ class CountWindow:
         return math.inf
 
     def add(self, kind: int) -> None:
+        self._fold()
         i = self.next % self.size
         self.next = i + 1
         counts, ring = self.counts, self.ring
@@ -161,6 +185,7 @@ class CountWindow:
         return 0
 
     def totals(self) -> Totals:
+        self._fold()
         counts = self.counts[:KINDS]
         # Every outcome was also an admission attempt.
         counts[REQUESTS] += counts[SUCCESS] + counts[SLOW_SUCCESS]

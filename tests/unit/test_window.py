@@ -102,3 +102,32 @@ def test_in_flight_retime_keeps_running_calls() -> None:
         fresh.end(ticket)
     assert fresh.running == 0
     assert fresh.old == 0 and fresh.legacy == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(1, 12), outcomes=st.lists(OUTCOMES, max_size=100))
+def test_count_window_success_path_cell_matches_reference(size: int, outcomes: list[int]) -> None:
+    # The breaker's success path adds to counts[pos]; those successes must land
+    # in the ring in order with the outcomes added through add().
+    window = CountWindow(size)
+    for i, kind in enumerate(outcomes):
+        if kind == SUCCESS:
+            window.counts[window.pos] += 1
+        else:
+            window.add(kind)
+        live = outcomes[max(0, i + 1 - size) : i + 1]
+        totals = window.totals()
+        assert totals.calls == len(live)
+        assert totals.failures == sum(k in (FAILURE, SLOW_FAILURE) for k in live)
+        assert totals.slow == sum(k in (SLOW_SUCCESS, SLOW_FAILURE) for k in live)
+        assert totals.accepts == sum(k == SUCCESS for k in live)
+
+
+def test_count_window_folds_more_successes_than_its_size() -> None:
+    window = CountWindow(3)
+    window.add(FAILURE)
+    window.counts[window.pos] += 7
+    totals = window.totals()
+    assert (totals.calls, totals.failures, totals.accepts) == (3, 0, 3)
+    window.add(FAILURE)
+    assert window.totals().failures == 1
