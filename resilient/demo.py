@@ -579,8 +579,20 @@ def summarize(result: Result) -> Summary:
 
 
 def rows(summaries: Sequence[Summary]) -> list[list[str]]:
-    """The table's cells: a header row, then one row per contender."""
-    head = ["client", "P50", "P99", "P999", "success", "hits at sick upstream", "trip", "recover"]
+    """The table's cells: a header row, then one row per contender.
+
+    Hits at the sick upstream get a column per fault phase when there are
+    several (``mixed``: the brownout's and the outage's).
+    """
+    phases = list(dict.fromkeys(p for s in summaries for p in s.hits_by_phase))
+    hits = [f"hits: {p}" for p in phases] if len(phases) > 1 else ["hits at sick upstream"]
+    head = ["client", "P50", "P99", "P999", "success", *hits, "trip", "recover"]
+
+    def counts(s: Summary) -> list[str]:
+        if len(phases) > 1:
+            return [str(s.hits_by_phase.get(p, 0)) for p in phases]
+        return [str(s.hits)]
+
     return [
         head,
         *(
@@ -590,7 +602,7 @@ def rows(summaries: Sequence[Summary]) -> list[list[str]]:
                 _ms(s.p99),
                 _ms(s.p999),
                 f"{s.success:.1%}",
-                _hits(s),
+                *counts(s),
                 "-" if s.trip is None else f"{s.trip:.2f} s",
                 "-" if s.recover is None else f"{s.recover:.1f} s",
             ]
@@ -713,7 +725,7 @@ def main(
     """
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=max(100, Console().width))
     try:
         chosen = scenario(
             fault, rate=rate, healthy=0.2 * duration, faulty=0.4 * duration, healed=0.4 * duration
@@ -783,7 +795,8 @@ async def _demo(
     table = Table(title=f"chaos demo: {chosen.name}")
     cells = rows(summaries)
     for column in cells[0]:
-        table.add_column(column, justify="left" if column == "client" else "right")
+        left = column == "client"
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for row in cells[1:]:
         table.add_row(*row)
     console.print(table)
@@ -793,6 +806,11 @@ async def _demo(
             f"P99 {1 - ours.p99 / base.p99:.0%} lower with resilient; success "
             f"{ours.success:.1%} vs {base.success:.1%}; "
             f"requests that reached the sick upstream: {_hits(ours)} vs {_hits(base)}."
+        )
+    if base.success > ours.success:
+        console.print(
+            "(aiohttp's success counts requests held through the outage and answered "
+            "when the upstream healed, up to 2 s late; resilient had failed them fast.)"
         )
     if plot_path is not None:
         written = plot(results, plot_path, title=f"resilient demo: {chosen.name}")
