@@ -336,7 +336,8 @@ class CircuitBreaker:
                 if fleet.round
                 else (0, 0, 0)
             )
-            if not (deltas or any(probes) or fleet.tokens_wanted or fleet.manual or fleet.trip):
+            wanted = deltas or any(probes) or fleet.tokens_wanted or fleet.manual or fleet.trip
+            if not wanted and not fleet.degraded:  # degraded: ask anyway, to hear the fleet again
                 return None
             box = Outbox(
                 name=self.name,
@@ -371,8 +372,9 @@ class CircuitBreaker:
             if fleet is None:
                 return
             fleet.degraded = False
+            fleet.failed_syncs = 0
             fleet.calls, fleet.failures, fleet.slow = view.calls, view.failures, view.slow
-            if view.generation != fleet.generation:
+            if view.generation > fleet.generation:  # generations only grow; older views are late
                 fleet.generation = view.generation
                 self._adopt_locked(view, now, effects)
             if view.tokens and self._state is State.HALF_OPEN and fleet.round:
@@ -392,8 +394,10 @@ class CircuitBreaker:
                 return
             if outbox is not None:
                 fleet.unmark(outbox, fleet.sent_head)
-            if not fleet.degraded and self._state is State.HALF_OPEN and fleet.round:
-                # No fleet to grant permits: probe locally so half-open cannot stick.
+            fleet.failed_syncs += 1
+            if fleet.failed_syncs == 2 and self._state is State.HALF_OPEN and fleet.round:
+                # No fleet to grant permits (twice: one slow sync is not an
+                # outage): probe locally so half-open cannot stick.
                 handed_out = len(self._probes) + self._probe_calls
                 self._probes_left = max(0, self._config.half_open_calls - handed_out)
                 fleet.tokens_wanted = 0

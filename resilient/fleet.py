@@ -83,6 +83,7 @@ class FleetLink:
     __slots__ = (
         "calls",
         "degraded",
+        "failed_syncs",
         "failures",
         "generation",
         "manual",
@@ -101,6 +102,7 @@ class FleetLink:
     def __init__(self, store: StoreLink) -> None:
         self.store = store
         self.degraded = False
+        self.failed_syncs = 0  # in a row; the fleet's half-open is given up at two
         self.generation = -1  # the last fleet transition applied here
         self.round = False  # this OPEN / HALF_OPEN episode is the fleet's, not ours alone
         # The fleet window as last answered (our own sent counts included).

@@ -132,7 +132,6 @@ class RedisStore:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._keys: dict[str, _lua.Keys] = {}
         self._refresh: set[str] = set()  # names to READ at the next flush
-        self._degraded: set[str] = set()  # names told sync_failed and not answered since
         # Loop-side state.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -335,20 +334,17 @@ class RedisStore:
                 self._log_once("reply", "resilient: bad fleet reply for %r: %s", name, exc)
                 continue
             failed.pop(name, None)
-            self._degraded.discard(name)
             if view is not None:
                 self._apply(name, view, now)
         self._failed([(b, box) for b, box in boxes if box.name in failed])
         return True
 
     def _collect(self) -> list[tuple[CircuitBreaker, Outbox]]:
-        """Every breaker's outbox; an empty one for a quiet breaker still degraded
-        (it must hear the fleet once to run on the fleet's state again)."""
+        """Every breaker's outbox (a degraded breaker sends one even when quiet,
+        to hear the fleet again)."""
         boxes = []
-        for name, breaker in list(self._breakers.items()):
+        for breaker in list(self._breakers.values()):
             box = breaker.sync_out()
-            if box is None and name in self._degraded:
-                box = _empty_outbox(breaker)
             if box is not None:
                 boxes.append((breaker, box))
         return boxes
@@ -356,7 +352,6 @@ class RedisStore:
     def _failed(self, boxes: list[tuple[CircuitBreaker, Outbox]]) -> None:
         for breaker, box in boxes:
             breaker.sync_failed(box)
-            self._degraded.add(breaker.name)
 
     async def _execute(self, client: Client, calls: list[_Call]) -> list[Any]:
         """Run the calls in one round trip; load the scripts and rerun any NOSCRIPT ones.
@@ -502,29 +497,6 @@ class _Link:
 
     def wake(self) -> None:
         self._store._request_flush()
-
-
-def _empty_outbox(breaker: CircuitBreaker) -> Outbox:
-    """An outbox with nothing to send: the fleet answers it with its view."""
-    from resilient.fleet import Outbox
-
-    cfg = breaker.config
-    timed = cfg.window == "time"
-    return Outbox(
-        name=breaker.name,
-        window_width=cfg.window_size / cfg.buckets if timed else 0.0,
-        buckets=cfg.buckets if timed else 0,
-        deltas=(),
-        probe_calls=0,
-        probe_failures=0,
-        probe_slow=0,
-        probe_generation=-1,
-        tokens_wanted=0,
-        manual=None,
-        trip=None,
-        config=cfg,
-        jitter=0.0,
-    )
 
 
 def _aged(view: FleetView, at: float) -> FleetView:

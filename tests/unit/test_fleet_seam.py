@@ -67,6 +67,24 @@ def test_sync_out_sends_each_count_once_by_bucket_age() -> None:
     assert box is not None and box.deltas == ((0, 1, 0, 0, 0),)
 
 
+def test_a_degraded_breaker_asks_the_fleet_even_when_quiet() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    br.sync_failed()
+    box = br.sync_out()
+    assert box is not None and box.deltas == ()
+    br.sync_in(view())
+    assert br.sync_out() is None
+
+
+def test_a_late_fleet_view_is_ignored() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    br.sync_in(view("open", generation=7, open_until=1_004.0, now=1_000.0))
+    br.sync_in(view("closed", generation=6))  # crossed on another connection
+    assert br.state is State.OPEN
+
+
 def test_failed_sync_keeps_its_counts_for_the_next() -> None:
     clock = Clock()
     br, _ = linked(clock)
@@ -145,6 +163,9 @@ def test_half_open_does_not_stick_when_the_store_goes_away() -> None:
     clock.now += 1.5
     with pytest.raises(CircuitOpenError):
         br.acquire()
+    br.sync_failed()
+    with pytest.raises(CircuitOpenError):
+        br.acquire()  # one slow sync is not an outage: still waiting for the fleet
     br.sync_failed()
     first, second = br.acquire(), br.acquire()  # probing locally now
     first.success()
