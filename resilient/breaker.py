@@ -190,6 +190,8 @@ class CircuitBreaker:
         self._probe_calls = self._probe_failures = self._probe_slow = 0
         self._slow = SlowThreshold(config.slow_call_duration, self._auto_slow)
         self._slow_seconds = self._slow.seconds  # read on the success path
+        if self._slow.learning:
+            self._observers = (self._learn,)  # "auto" learns from every healthy call
         self._window = _new_window(config)
         self._window.advance(now)
         self._flight = InFlight(self._slow.seconds, now)
@@ -235,6 +237,20 @@ class CircuitBreaker:
     def unobserve_calls(self, observer: CallObserver) -> None:
         """Stop calling ``observer``."""
         self._observers = tuple(o for o in self._observers if o != observer)
+
+    @property
+    def slow_call_seconds(self) -> float:
+        """The slow-call limit in force (learned, with ``slow_call_duration="auto"``)."""
+        return self._slow_seconds
+
+    def _learn(self, outcome: str, duration: float) -> None:
+        """The observer that feeds "auto" (outside the lock, on the success path too)."""
+        if outcome == "success" and self._slow.observe(duration):
+            now = self._clock()
+            with self._lock:
+                self._slow_seconds = self._slow.seconds
+                self._flight = self._flight.retime(self._slow.seconds, now)
+                self._refresh_locked(now)
 
     def snapshot(self) -> Snapshot:
         now = self._clock()
@@ -293,6 +309,8 @@ class CircuitBreaker:
                 self._slow = SlowThreshold(config.slow_call_duration, self._auto_slow)
                 self._slow_seconds = self._slow.seconds
                 self._flight = self._flight.retime(self._slow.seconds, now)
+                others = tuple(o for o in self._observers if o != self._learn)
+                self._observers = (self._learn, *others) if self._slow.learning else others
             if config.cancel_on_open != old.cancel_on_open:
                 self._running = {} if config.cancel_on_open else None
             if self._state is State.HALF_OPEN:
@@ -655,9 +673,6 @@ class CircuitBreaker:
                 self._probes_left += 1  # the permit goes back; this probe decides nothing
             return effects
         failed = verdict == _COUNT_FAILURE
-        if not failed and not slow and self._slow.observe(duration):
-            self._slow_seconds = self._slow.seconds
-            self._flight = self._flight.retime(self._slow.seconds, ended)
         self._window.add(
             (SLOW_FAILURE if slow else FAILURE) if failed else (SLOW_SUCCESS if slow else SUCCESS)
         )
@@ -879,12 +894,7 @@ class CircuitBreaker:
     def _refresh_locked(self, now: float) -> None:
         """Recompute how long the success path may skip the lock."""
         cfg = self._config
-        if (
-            self._state is not State.CLOSED
-            or cfg.mode == "adaptive"
-            or self._slow.learning
-            or self._judging_pending()
-        ):
+        if self._state is not State.CLOSED or cfg.mode == "adaptive" or self._judging_pending():
             self._fast_until = -math.inf
         else:
             self._fast_until = min(self._window.next_boundary(), self._flight.next_event())

@@ -108,6 +108,7 @@ class Hub:
         self._clock, self._wall, self._rng = clock, wall, rng
         self._options = dict(breaker_options or {})
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._bases: dict[str, BreakerConfig] = {}  # creators' own defaults, by breaker
         self._create_lock = threading.Lock()
         self._listeners: tuple[Listener, ...] = ()
         self._hooks: tuple[Callable[[CircuitBreaker], object], ...] = ()
@@ -120,11 +121,20 @@ class Hub:
 
     # ------------------------------------------------------------------ breakers
 
-    def breaker(self, name: str, **options: Any) -> CircuitBreaker:
+    def breaker(
+        self,
+        name: str,
+        *,
+        defaults: BreakerConfig | Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> CircuitBreaker:
         """The one breaker called ``name``, created on first use.
 
-        ``options`` (``record_exceptions``, ``result_is_failure``, ...) apply
-        when this call creates it; later calls return the same breaker.
+        ``defaults`` (the creator's, e.g. the HTTP layer's) replace the hub's
+        defaults under this breaker's config source values, now and at every
+        reload. ``defaults`` and ``options`` (``record_exceptions``,
+        ``result_is_failure``, ...) apply when this call creates the breaker;
+        later calls return the same breaker.
         """
         found = self._breakers.get(name)
         if found is not None:
@@ -133,8 +143,12 @@ class Hub:
             found = self._breakers.get(name)
             if found is not None:
                 return found
+            if defaults is not None:
+                if not isinstance(defaults, BreakerConfig):
+                    defaults = BreakerConfig.from_mapping(defaults)
+                self._bases[name] = defaults
             events: list[Event] = []
-            config = self._resolve(name, self.breaker_config_for(name), events)
+            config = self._resolve(name, self._bases.get(name, self.defaults), events)
             kwargs = {**self._options, **options}
             br = CircuitBreaker(
                 name, config, clock=self._clock, wall=self._wall, rng=self._rng, **kwargs
@@ -243,7 +257,9 @@ class Hub:
         own = self._source_breakers.get(name)
         try:
             return BreakerConfig.from_mapping(
-                {**self._source_defaults, **(own or {})}, base=self.defaults, unknown="ignore"
+                {**self._source_defaults, **(own or {})},
+                base=self._bases.get(name, self.defaults),
+                unknown="ignore",
             )
         except ConfigError as exc:
             key = f"breakers/{name}" if own is not None and exc.field in own else "defaults"

@@ -57,8 +57,6 @@ share one.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import inspect
 import itertools
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -288,7 +286,7 @@ def guard() -> CircuitBreaker | None:
 
 def slow_limit(br: CircuitBreaker) -> float:
     """Seconds after which ``br`` judges a call slow now (learned, with "auto")."""
-    return br._slow_seconds
+    return br.slow_call_seconds
 
 
 #: An attempt through a breaker: ``(request, handler, host) -> response``.
@@ -375,37 +373,10 @@ class BreakerLayer:
 def _create(hub: Hub, name: str, defaults: BreakerConfig, auto_slow: AutoSlow) -> CircuitBreaker:
     """The hub's breaker ``name``, created with the HTTP layer's defaults if it is new.
 
-    A hub whose ``breaker()`` takes ``defaults=`` layers them under its config
-    source (BreakerConfig() < the creator's defaults < source defaults < the
-    breaker's own key). With an older hub, a breaker this layer creates is
-    given the HTTP defaults right after creation, with every field the hub's
-    view sets differently from the hub's defaults kept on top.
+    They are the creator's defaults: BreakerConfig() < the HTTP defaults <
+    the config source's defaults < the breaker's own key, at every reload.
     """
-    options: dict[str, Any] = {"record_exceptions": RECORDED, "auto_slow": auto_slow}
-    if _takes_defaults(hub):
-        return hub.breaker(name, defaults=defaults, **options)
-    new = name not in hub.breakers()
-    br = hub.breaker(name, **options)
-    if new:
-        base = hub.defaults
-        own = {
-            f.name: getattr(br.config, f.name)
-            for f in dataclasses.fields(BreakerConfig)
-            if getattr(br.config, f.name) != getattr(base, f.name)
-        }
-        try:
-            layered = dataclasses.replace(defaults, **own)
-        except ConfigError:
-            return br  # the source's values do not fit over these defaults: the hub's view
-        br.update_config(layered)
-    return br
-
-
-def _takes_defaults(hub: Hub) -> bool:
-    try:
-        return "defaults" in inspect.signature(hub.breaker).parameters
-    except (TypeError, ValueError):
-        return False
+    return hub.breaker(name, defaults=defaults, record_exceptions=RECORDED, auto_slow=auto_slow)
 
 
 def breaker_middleware(

@@ -675,3 +675,27 @@ async def test_hung_async_probe_is_judged_by_a_timer_and_cut() -> None:
     with pytest.raises(CircuitOpenError):
         await asyncio.wait_for(hang(), timeout=5)
     assert br.state is State.OPEN
+
+
+def test_auto_slow_limit_is_learned_on_the_success_path() -> None:
+    from resilient.latency import AutoSlow
+
+    clock = Clock()
+    br = CircuitBreaker(
+        "auto",
+        BreakerConfig(slow_call_duration="auto", window_size=60, buckets=60),
+        clock=clock,
+        auto_slow=AutoSlow(multiple=4.0, floor=0.01, ceiling=2.0, min_samples=32),
+    )
+    assert br.slow_call_seconds == 2.0  # the ceiling until enough calls were seen
+
+    def call() -> None:
+        clock.advance(0.005)
+
+    for _ in range(40):
+        br(call)()
+    assert br.slow_call_seconds == pytest.approx(0.02)  # 4 x the healthy 5 ms
+    hung = br.acquire()
+    clock.advance(0.05)
+    hung.success()
+    assert br.snapshot().slow_calls == 1  # judged against the learned limit

@@ -85,3 +85,20 @@ def test_import_resilient_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_creator_defaults_survive_reloads() -> None:
+    hub = Hub("svc", defaults={"minimum_calls": 7})
+    br = hub.breaker(
+        "api:443", defaults={"window": "count", "window_size": 20, "minimum_calls": 20}
+    )
+    assert (br.config.window, br.config.minimum_calls) == ("count", 20)
+    hub.apply_config({"open_duration": 1.0}, {})
+    assert (br.config.window, br.config.minimum_calls, br.config.open_duration) == (
+        "count",
+        20,
+        1.0,
+    )
+    hub.apply_config(None, {"api:443": {"minimum_calls": 5}})
+    assert (br.config.window, br.config.minimum_calls) == ("count", 5)
+    assert hub.breaker("other").config.minimum_calls == 7
