@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALLS",
+    "DEGRADED",
     "DURATION",
     "DURATION_BUCKETS",
     "METER_NAME",
@@ -87,6 +88,7 @@ METER_NAME: Final = "resilient"
 CALLS: Final = "resilient.breaker.calls"
 REJECTIONS: Final = "resilient.breaker.rejections"
 STATE: Final = "resilient.breaker.state"
+DEGRADED: Final = "resilient.breaker.degraded"
 DURATION: Final = "resilient.breaker.duration"
 STATE_CHANGED_EVENT: Final = "resilient.breaker.state_changed"
 REJECTED_EVENT: Final = "resilient.breaker.rejected"
@@ -312,6 +314,10 @@ class Instrumentation:
             for state, attributes in zip(_STATES, f.state_attributes, strict=True):
                 yield Observation(1 if state is now else 0, attributes)
 
+    def _observe_degraded(self) -> Iterator[Observation]:
+        for f in self._follow_all():
+            yield Observation(int(f.breaker.snapshot().degraded), {"breaker": f.breaker.name})
+
 
 class _Followed:
     """One followed breaker: its totals and its attribute sets, built once."""
@@ -378,6 +384,12 @@ class _Instruments:
             unit="1",
             description="1 for a circuit breaker's current state, 0 for the others.",
         )
+        meter.create_observable_up_down_counter(
+            DEGRADED,
+            callbacks=[self._degraded],
+            unit="1",
+            description="1 while a breaker's shared store is unreachable (deciding locally).",
+        )
 
     def add(self, handle: Instrumentation) -> None:
         with _registry_lock:
@@ -395,6 +407,9 @@ class _Instruments:
 
     def _states(self, options: CallbackOptions) -> Iterable[Observation]:
         return [o for h in self._handles for o in h._observe_states()]
+
+    def _degraded(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [o for h in self._handles for o in h._observe_degraded()]
 
 
 def _duration_histogram(meter: Meter) -> Histogram:

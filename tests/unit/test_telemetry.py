@@ -32,6 +32,7 @@ from resilient import CircuitBreaker, CircuitOpenError, Hub, State
 from resilient.hub import default_hub
 from resilient.telemetry import (
     CALLS,
+    DEGRADED,
     DURATION,
     DURATION_BUCKETS,
     REJECTED_EVENT,
@@ -310,6 +311,19 @@ def test_state_is_one_for_the_current_state_across_a_trip(
     assert current() == only(State.CLOSED)
     br.disable()
     assert current() == only(State.DISABLED)
+
+
+def test_degraded_is_one_while_the_shared_store_is_unreachable(
+    dep: CircuitBreaker, sdk_metrics: Metrics, handle: Instrumentation
+) -> None:
+    class Link:
+        def wake(self) -> None:
+            pass
+
+    assert sdk_metrics.values(DEGRADED, breaker="dep") == {frozenset(): 0}
+    dep.link_store(Link())
+    dep.sync_failed()
+    assert sdk_metrics.values(DEGRADED, breaker="dep") == {frozenset(): 1}
 
 
 # ---------------------------------------------------------------------- span events
