@@ -129,3 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 from resilient.cli.config import config_app  # noqa: E402
 
 app.add_typer(config_app, name="config")
+
+from resilient.cli.status import status  # noqa: E402
+
+app.command()(status)
