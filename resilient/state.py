@@ -10,12 +10,9 @@ import enum
 __all__ = ["State"]
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
     FORCED_OPEN = "forced_open"
     DISABLED = "disabled"
-
-    def __str__(self) -> str:
-        return self.value
