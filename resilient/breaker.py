@@ -73,7 +73,7 @@ from resilient.window import (
 
 RING = InFlight.RING
 
-__all__ = ["OUTCOMES", "CallObserver", "CircuitBreaker", "Permit", "Snapshot"]
+__all__ = ["OUTCOMES", "CallObserver", "CircuitBreaker", "Permit", "Snapshot", "fair_budget"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -141,6 +141,11 @@ class CircuitBreaker:
         wall: epoch seconds, for ``open_until`` in snapshots and events.
         rng: uniform floats in [0, 1), for jitter and adaptive drops.
         auto_slow: how ``slow_call_duration="auto"`` is learned (``AutoSlow``).
+        deadline_is_fair: ``(budget, slow_call_duration) -> bool``: does a
+            caller's deadline that ran out count as a failure, given the
+            budget the call started with? Default: ``budget >=
+            slow_call_duration`` (the fair-budget rule); ``lambda b, s: True``
+            counts every expiry, ``lambda b, s: False`` none.
 
     Use it as a decorator (sync or async functions), with ``with`` /
     ``async with``, or through ``acquire()`` for code that cannot be wrapped.
@@ -158,6 +163,7 @@ class CircuitBreaker:
         wall: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         auto_slow: AutoSlow | None = None,
+        deadline_is_fair: Callable[[float, float], bool] | None = None,
     ) -> None:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ValueError(f"breaker name must match [A-Za-z0-9._:/-]{{1,200}}, got {name!r}")
@@ -174,6 +180,7 @@ class CircuitBreaker:
         self._listeners: tuple[Listener, ...] = ()
         self._observers: tuple[CallObserver, ...] = ()
         self._auto_slow = auto_slow
+        self._deadline_is_fair = deadline_is_fair or fair_budget
         self._entered: ContextVar[tuple[Permit, ...]] = ContextVar(f"resilient.{name}", default=())
 
         # --- mutable state; changed only under the lock (the hot path only adds counts) ---
@@ -637,9 +644,10 @@ class CircuitBreaker:
         return _RELEASE  # KeyboardInterrupt, SystemExit, GeneratorExit: not the dependency
 
     def _deadline_verdict(self, scope: _deadline.deadline, started: float) -> int:
-        """The fair-budget rule: did the dependency have ``slow_call_duration`` to answer?"""
+        """The fair-budget rule (or the caller's own): did the dependency have a fair chance?"""
         budget = scope.remaining() + (self._clock() - started)
-        return _COUNT_FAILURE if budget >= self._slow.seconds else _RELEASE
+        fair = self._deadline_is_fair(budget, self._slow_seconds)
+        return _COUNT_FAILURE if fair else _RELEASE
 
     def _settle(self, ticket: int, started: float, ended: float, verdict: int) -> None:
         if ticket == UNTRACKED:
@@ -956,6 +964,11 @@ class CircuitBreaker:
 
 
 _Effects = list[Event | asyncio.Task[Any] | FleetLink]  # FleetLink: wake the store
+
+
+def fair_budget(budget: float, slow_call_duration: float) -> bool:
+    """The default deadline rule: the call started with ``slow_call_duration`` to spare."""
+    return budget >= slow_call_duration
 
 
 def _new_window(config: BreakerConfig) -> TimeWindow | CountWindow:

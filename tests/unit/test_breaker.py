@@ -699,3 +699,20 @@ def test_auto_slow_limit_is_learned_on_the_success_path() -> None:
     clock.advance(0.05)
     hung.success()
     assert br.snapshot().slow_calls == 1  # judged against the learned limit
+
+
+async def test_the_deadline_rule_can_be_replaced() -> None:
+    br = CircuitBreaker(
+        "strict",
+        BreakerConfig(window="count", window_size=5, minimum_calls=1, slow_call_duration=5.0),
+        deadline_is_fair=lambda budget, slow: True,  # every expiry is the dependency's fault
+    )
+
+    @br
+    async def hang() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(DeadlineExceeded):
+        async with deadline(0.02):  # unfair by the default rule, counted by this one
+            await hang()
+    assert br.snapshot().failures == 1
