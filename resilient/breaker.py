@@ -684,15 +684,15 @@ class CircuitBreaker:
         self._window.add(
             (SLOW_FAILURE if slow else FAILURE) if failed else (SLOW_SUCCESS if slow else SUCCESS)
         )
-        if ticket <= _PROBE:
-            if self._probes.pop(_PROBE - ticket, None) is not None:
-                self._probe_calls += 1
-                self._probe_failures += failed
-                self._probe_slow += slow
-                self._judge_probes_locked(ended, effects)
+        if ticket <= _PROBE and self._probes.pop(_PROBE - ticket, None) is not None:
+            self._probe_calls += 1  # a probe of this round: it votes
+            self._probe_failures += failed
+            self._probe_slow += slow
+            self._judge_probes_locked(ended, effects)
         elif self._state is State.CLOSED:
             # Judged at every end off the success path: a failure, a slow call,
-            # or a success that brings a window with failures to minimum_calls.
+            # or a success that brings a window with failures to minimum_calls
+            # (a probe of a finished round ending now is an ordinary call).
             self._judge_locked(ended, effects)
         self._refresh_locked(ended)
         return effects

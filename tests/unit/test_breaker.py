@@ -716,3 +716,16 @@ async def test_the_deadline_rule_can_be_replaced() -> None:
         async with deadline(0.02):  # unfair by the default rule, counted by this one
             await hang()
     assert br.snapshot().failures == 1
+
+
+def test_a_late_probe_ending_after_close_is_judged_as_an_ordinary_call() -> None:
+    clock = Clock()
+    br = make(clock, half_open_calls=3, minimum_calls=1, failure_rate_threshold=0.5)
+    trip(br)
+    clock.advance(5.01)
+    probes = [br.acquire() for _ in range(3)]
+    probes[0].success()
+    probes[1].success()  # certain: closed, with a fresh window
+    assert br.state is State.CLOSED
+    probes[2].failure()  # no longer a probe: 1 call, 1 failure in the new window
+    assert br.state is State.OPEN
