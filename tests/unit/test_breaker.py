@@ -721,7 +721,7 @@ async def test_the_deadline_rule_can_be_replaced() -> None:
 def test_a_late_probe_ending_after_close_is_judged_as_an_ordinary_call() -> None:
     clock = Clock()
     br = make(clock, half_open_calls=3, minimum_calls=1, failure_rate_threshold=0.5)
-    trip(br)
+    trip(br, n=1)
     clock.advance(5.01)
     probes = [br.acquire() for _ in range(3)]
     probes[0].success()
