@@ -170,11 +170,6 @@ class Hub:
         """Every breaker this hub has created, by name (a read-only view)."""
         return dict(self._breakers)
 
-    def breaker_config_for(self, name: str) -> BreakerConfig:
-        """The config a breaker of this name would get now (last good, if it exists)."""
-        found = self._breakers.get(name)
-        return found.config if found is not None else self.defaults
-
     def add_listener(self, listener: Listener) -> None:
         """Listen to every breaker of this hub (now and later) and to config events."""
         self._listeners = (*self._listeners, listener)

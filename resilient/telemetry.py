@@ -237,15 +237,6 @@ class Instrumentation:
         self.hub.add_listener(self._on_event)  # events of every breaker, now and later
         self.hub.add_breaker_hook(self._follow)  # every breaker, now and as each is created
 
-    def _follow_all(self) -> Iterable[_Followed]:
-        """Follow the hub's breakers not yet followed (a safety net: the hub's
-        creation hook follows each as it is made); return all followed."""
-        breakers = self.hub.breakers()
-        if len(breakers) != len(self._followed):
-            for br in breakers.values():
-                self._follow(br)
-        return self._followed.values()
-
     def _follow(self, br: CircuitBreaker) -> None:
         with self._lock:
             if self._closed or br.name in self._followed:
@@ -262,8 +253,6 @@ class Instrumentation:
     def _on_event(self, event: Event) -> None:
         if self._closed or not isinstance(event, (CallRejected, StateChanged)):
             return
-        if self.metrics and event.breaker not in self._followed:
-            self._follow_all()
         if isinstance(event, CallRejected):
             if self.metrics:
                 self._count_rejection(event)
@@ -297,25 +286,25 @@ class Instrumentation:
     # ------------------------------------------------------------------ observations
 
     def _observe_calls(self) -> Iterator[Observation]:
-        for f in self._follow_all():
+        for f in self._followed.values():
             for outcome, n in f.calls.items():
                 yield Observation(n, f.call_attributes[outcome])
 
     def _observe_rejections(self) -> Iterator[Observation]:
-        for f in self._follow_all():
+        for f in self._followed.values():
             with self._lock:
                 counts = list(f.rejections.items())
             for (state, reason), n in counts:
                 yield Observation(n, {"breaker": f.breaker.name, "state": state, "reason": reason})
 
     def _observe_states(self) -> Iterator[Observation]:
-        for f in self._follow_all():
+        for f in self._followed.values():
             now = f.breaker.state
             for state, attributes in zip(_STATES, f.state_attributes, strict=True):
                 yield Observation(1 if state is now else 0, attributes)
 
     def _observe_degraded(self) -> Iterator[Observation]:
-        for f in self._follow_all():
+        for f in self._followed.values():
             yield Observation(int(f.breaker.snapshot().degraded), {"breaker": f.breaker.name})
 
 
