@@ -22,7 +22,7 @@ from typing import Final
 
 from resilient.errors import ConfigError
 
-__all__ = ["DEFAULT_HEADER", "MAX_DIGITS", "check_name", "format_ms", "parse_ms"]
+__all__ = ["DEFAULT_HEADER", "MAX_DIGITS", "LastFormatted", "check_name", "format_ms", "parse_ms"]
 
 #: The default header name.
 DEFAULT_HEADER: Final = "x-request-timeout-ms"
@@ -81,3 +81,18 @@ def format_ms(seconds: float) -> str:
     if math.isclose(ms, whole + 1, rel_tol=1e-14, abs_tol=1e-6):
         whole += 1
     return str(whole)
+
+
+class LastFormatted:
+    """``format_ms`` remembering its last value: a host's attempts mostly carry the same bound."""
+
+    __slots__ = ("_seconds", "_text")
+
+    def __init__(self) -> None:
+        self._seconds = math.nan
+        self._text = ""
+
+    def __call__(self, seconds: float) -> str:
+        if seconds != self._seconds:
+            self._seconds, self._text = seconds, format_ms(seconds)
+        return self._text

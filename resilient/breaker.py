@@ -575,6 +575,76 @@ class CircuitBreaker:
             self._judge_probes_locked(now, effects)
         self._carry_out(effects)
 
+    # ------------------------------------------------------------------ one call, unwrapped
+
+    def _begin(self, now: float, task: asyncio.Task[Any] | None = None) -> int:
+        """Admit a call that starts at ``now``: its ticket (or raise ``CircuitOpenError``).
+
+        The decorator's admission for drivers that cannot wrap a function
+        (``acquire()``, the HTTP pipeline): a probe gets its hung-probe timer,
+        left to run (once the probe has ended it judges nothing), and with
+        ``cancel_on_open`` an async call's ``task`` is remembered so an
+        opening can cut it. Settle with ``_end`` (or ``_end_error``).
+        """
+        if now < self._fast_until:
+            flight = self._flight
+            ticket = flight.slot
+            flight.counts[ticket % RING] += 1
+        else:
+            ticket = self._admit(now)
+            if ticket <= _PROBE and task is not None:
+                self._watch_probe()
+        running = self._running
+        if running is not None and task is not None:
+            running[task] = now
+        return ticket
+
+    def _end(
+        self,
+        ticket: int,
+        started: float,
+        ended: float,
+        failed: bool = False,
+        task: asyncio.Task[Any] | None = None,
+    ) -> None:
+        """Settle a call begun by ``_begin`` that returned (a success unless ``failed``)."""
+        if task is not None and self._running is not None:
+            self._running.pop(task, None)
+        if (
+            not failed
+            and ended < self._fast_until
+            and ended - started < self._slow_seconds
+            and ticket >= self._flight.oldest
+        ):
+            # The success path, as in the decorators (written out there, not called).
+            self._flight.counts[ticket % RING] -= 1
+            window = self._window
+            window.counts[window.pos] += 1
+            for observer in self._observers:
+                observer("success", ended - started)
+        else:
+            self._settle(ticket, started, ended, _COUNT_FAILURE if failed else _COUNT_SUCCESS)
+
+    def _end_error(
+        self,
+        ticket: int,
+        started: float,
+        exc: BaseException,
+        task: asyncio.Task[Any] | None = None,
+    ) -> CircuitOpenError | None:
+        """Settle a call begun by ``_begin`` that raised ``exc``.
+
+        Returns the rejection to raise instead when the breaker itself
+        cancelled ``task`` on opening (``cancel_on_open``), else None.
+        """
+        if task is not None and self._running is not None:
+            self._running.pop(task, None)
+            if isinstance(exc, asyncio.CancelledError) and self._was_cut():
+                self._settle(ticket, started, self._clock(), _COUNT_FAILURE)
+                return self._rejection(self._clock(), "cut: the circuit opened")
+        self._settle_error(ticket, started, exc)
+        return None
+
     # ------------------------------------------------------------------ context managers
 
     def acquire(self) -> Permit:
@@ -585,8 +655,7 @@ class CircuitBreaker:
         ``permit.release()`` (not counted).
         """
         now = self._clock()
-        ticket = self._flight.start() if now < self._fast_until else self._admit(now)
-        return Permit(self, ticket, now)
+        return Permit(self, self._begin(now), now)
 
     def __enter__(self) -> CircuitBreaker:
         permit = self.acquire()
@@ -1009,12 +1078,12 @@ class Permit:
     def success(self) -> None:
         if self._once():
             br = self._breaker
-            br._settle(self._ticket, self._started, br._clock(), _COUNT_SUCCESS)
+            br._end(self._ticket, self._started, br._clock())
 
     def failure(self) -> None:
         if self._once():
             br = self._breaker
-            br._settle(self._ticket, self._started, br._clock(), _COUNT_FAILURE)
+            br._end(self._ticket, self._started, br._clock(), failed=True)
 
     def error(self, exc: BaseException) -> None:
         """Settle by an exception, classified as the decorator would."""

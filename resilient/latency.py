@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["AutoSlow", "SlowThreshold"]
+__all__ = ["AutoSlow", "Recent", "SlowThreshold"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,35 +55,58 @@ class AutoSlow:
             )
 
 
+class Recent:
+    """The last ``size`` durations, with a quantile due after ``first``, then every ``every``.
+
+    ``add`` is the hot path: a store into a ring and a count; the quantile,
+    a sort of the ring (in C), is taken once per ``every`` durations.
+    """
+
+    __slots__ = ("_count", "_due", "_every", "_ring")
+
+    def __init__(self, size: int, first: int, every: int) -> None:
+        self._ring = [0.0] * size
+        self._count = 0  # durations seen
+        self._due = first  # the count at which a quantile is due next
+        self._every = every
+
+    def add(self, duration: float) -> bool:
+        """Record one duration; True when a quantile is due (the caller takes it)."""
+        count = self._count
+        ring = self._ring
+        ring[count % len(ring)] = duration
+        self._count = count = count + 1
+        if count < self._due:
+            return False
+        self._due = count + self._every
+        return True
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile (nearest rank) of the durations held; 0.0 if none."""
+        held = min(self._count, len(self._ring))
+        if held == 0:
+            return 0.0
+        ordered = sorted(self._ring if held == len(self._ring) else self._ring[:held])
+        return ordered[max(1, math.ceil(q * held)) - 1]
+
+
 class SlowThreshold:
     """``seconds`` is the limit now; ``learning`` says it is "auto"."""
 
-    __slots__ = ("_filled", "_next", "_ring", "_since", "auto", "learning", "seconds")
+    __slots__ = ("_recent", "auto", "learning", "seconds")
 
     def __init__(self, value: float | Literal["auto"], auto: AutoSlow | None = None) -> None:
         self.auto = auto = auto or AutoSlow()
         self.learning = value == "auto"
         self.seconds = auto.ceiling if value == "auto" else float(value)
-        self._ring = [0.0] * auto.samples
-        self._next = 0
-        self._filled = 0
-        self._since = 0
+        self._recent = Recent(auto.samples, auto.min_samples, auto.min_samples)
 
     def observe(self, duration: float) -> bool:
         """Feed a healthy call's duration; True when the limit moved."""
-        if not self.learning:
+        if not (self.learning and self._recent.add(duration)):
             return False
-        ring = self._ring
-        ring[self._next] = duration
-        self._next = (self._next + 1) % len(ring)
-        self._filled = min(self._filled + 1, len(ring))
-        self._since += 1
         auto = self.auto
-        if self._since < auto.min_samples:
-            return False
-        self._since = 0
-        recent = sorted(ring[: self._filled])
-        p99 = recent[min(len(recent) - 1, math.ceil(0.99 * len(recent)) - 1)]
+        p99 = self._recent.quantile(0.99)
         learned = min(auto.ceiling, max(auto.floor, auto.multiple * p99))
         if abs(learned - self.seconds) <= 0.2 * self.seconds:
             return False

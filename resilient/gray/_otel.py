@@ -24,6 +24,7 @@ __all__ = [
     "BAGGAGE_KEY",
     "attach_baggage",
     "detach",
+    "has_context",
     "span_context",
     "tag_span",
 ]
@@ -49,6 +50,11 @@ def attach_baggage(tag: GrayTag, key: str = BAGGAGE_KEY) -> Token[Context]:
 def detach(token: Token[Context]) -> None:
     """Undo ``attach_baggage``."""
     context.detach(token)
+
+
+def has_context() -> bool:
+    """Whether any OpenTelemetry context (a span, baggage) is attached: a cheap first test."""
+    return bool(context.get_current())
 
 
 def span_context() -> SpanContext | None:

@@ -8,9 +8,8 @@ budgeted retries and propagation, as client middlewares (aiohttp >= 3.12).
 
 Each middleware is usable alone in any ``aiohttp.ClientSession(middlewares=...)``:
 ``retry_middleware`` (outermost), ``breaker_middleware``, ``timeout_middleware``
-and the propagation middlewares (innermost). ``chain([retry_layer(),
-breaker_layer(), timeout_layer()], tail)`` composes the layers into one
-middleware, as ``session()`` does. See docs/guides/http.md.
+and the propagation middlewares (innermost); ``session()`` runs them all as
+one middleware, in that order. See docs/guides/http.md.
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ from __future__ import annotations
 from resilient.http._breaker import (
     HTTP_DEFAULTS,
     HostCircuitOpenError,
-    breaker_layer,
     breaker_middleware,
-    chain,
     host_key,
     http_auto_slow,
     is_failure,
@@ -34,7 +31,6 @@ from resilient.http._retry import (
     Retries,
     is_idempotent,
     parse_retry_after,
-    retry_layer,
     retry_middleware,
 )
 from resilient.http._session import session
@@ -42,7 +38,6 @@ from resilient.http._timeouts import (
     AttemptTimeoutError,
     Timeouts,
     attempt_bound,
-    timeout_layer,
     timeout_middleware,
 )
 
@@ -57,9 +52,7 @@ __all__ = [
     "Retries",
     "Timeouts",
     "attempt_bound",
-    "breaker_layer",
     "breaker_middleware",
-    "chain",
     "deadline_propagation",
     "gray_propagation",
     "host_key",
@@ -69,10 +62,8 @@ __all__ = [
     "parse_retry_after",
     "profile",
     "propagation",
-    "retry_layer",
     "retry_middleware",
     "route_key",
     "session",
-    "timeout_layer",
     "timeout_middleware",
 ]

@@ -43,28 +43,24 @@ were slow*.
 - ``cancel_on_open=True``: when the breaker opens, requests already past the
   slow limit fail at once instead of waiting out their timeouts.
 
-This module also holds what the layers share, since "a host" is the
-breaker's notion first: ``Host`` (one session's state for one ``host:port``,
-a slot per layer), ``Hosts`` (the table, filled on first use) and ``chain``
-(layers linked into one aiohttp client middleware; each ``*_middleware`` is a
-chain of one).
+The pipeline (``resilient.http._pipeline``) admits each attempt through
+the breaker ``BreakerLayer.pick`` names and tells it how the attempt ended.
 
-Concurrency: one event loop per session. The host lookup is a dict read; a
-breaker is created under the hub's lock on first use, so racing sessions
-share one.
+Concurrency: one event loop per session. A per-host breaker lives in the
+request's ``Host``, a per-route one in the layer's table; either is created
+under the hub's lock on first use, so racing sessions share one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiohttp
-from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+from aiohttp import ClientMiddlewareType, ClientRequest
 from yarl import URL
 
 from resilient.breaker import CircuitBreaker
@@ -74,25 +70,20 @@ from resilient.hub import Hub, default_hub
 from resilient.latency import AutoSlow
 
 if TYPE_CHECKING:
-    from resilient.budget import RetryBudget
-    from resilient.http._timeouts import _Learned
+    from resilient.http._pipeline import Host
 
 __all__ = [
     "HTTP_DEFAULTS",
     "BreakerLayer",
-    "Host",
     "HostCircuitOpenError",
-    "Hosts",
-    "Layer",
     "breaker_layer",
     "breaker_middleware",
-    "chain",
     "guard",
+    "guarding",
     "host_key",
     "http_auto_slow",
     "is_failure",
     "route_key",
-    "slow_limit",
 ]
 
 #: The per-host breaker defaults of the HTTP layer (see the module docstring for why).
@@ -133,13 +124,6 @@ class HostCircuitOpenError(CircuitOpenError, aiohttp.ClientConnectionError):
         CircuitOpenError.__init__(self, name, retry_after, reason)
 
 
-class _FailedStatus(aiohttp.ClientError):
-    """Carries a 5xx/429 response out of the breaker, which counts it as a failure."""
-
-    def __init__(self, response: ClientResponse) -> None:
-        self.response = response
-
-
 def is_failure(status: int) -> bool:
     """Whether a response status counts against the host: 5xx and 429."""
     return status >= 500 or status == 429
@@ -153,96 +137,6 @@ def host_key(url: URL) -> str:
 def route_key(url: URL) -> str:
     """The breaker name of a URL's route: ``host:port/path`` (other characters become ``_``)."""
     return _safe(f"{url.raw_host}:{url.port}{url.raw_path}")
-
-
-class Host:
-    """One session's state for one ``host:port``: each layer keeps its slots here.
-
-    The layers of a session share one table of these (``Hosts``), so a
-    request looks its host up once, whatever the number of layers.
-    """
-
-    __slots__ = ("breaker", "budget", "call", "learned", "streak")
-
-    def __init__(self) -> None:
-        self.breaker: CircuitBreaker | None = None  # the breaker layer's (per host)
-        self.call: Guarded | None = None  # ... and the call it guards
-        self.budget: RetryBudget | None = None  # the retry layer's budget ...
-        self.streak = 0  # ... and its count of failed attempts in a row
-        self.learned: _Learned | None = None  # the timeout layer's attempt timeout
-
-
-#: The next layer's call: ``(request, aiohttp's handler, the request's Host)``.
-Inner = Callable[[ClientRequest, ClientHandlerType, Host], Awaitable[ClientResponse]]
-
-
-class Layer(Protocol):
-    """One layer of the HTTP stack (retry, breaker, timeout).
-
-    ``inner`` is the next layer (``None``: aiohttp's handler comes next); it is
-    set once, by ``chain``. ``adopt`` fills the layer's slots of a new ``Host``.
-    """
-
-    inner: Inner | None
-
-    def adopt(self, host: Host, req: ClientRequest) -> None: ...
-
-    def __call__(
-        self, req: ClientRequest, handler: ClientHandlerType, host: Host
-    ) -> Awaitable[ClientResponse]: ...
-
-
-class Hosts:
-    """The ``Host`` of each ``(host, port)`` a session has sent to, made on first use."""
-
-    __slots__ = ("_by_host", "_layers")
-
-    def __init__(self, layers: Sequence[Layer]) -> None:
-        self._layers = tuple(layers)
-        self._by_host: dict[tuple[str | None, int | None], Host] = {}
-
-    def __call__(self, req: ClientRequest) -> Host:
-        url = req.url
-        key = (url.raw_host, url.port)
-        found = self._by_host.get(key)
-        if found is None:
-            host = Host()
-            for layer in self._layers:
-                layer.adopt(host, req)
-            found = self._by_host.setdefault(key, host)
-        return found
-
-
-def chain(
-    layers: Sequence[Layer], tail: ClientMiddlewareType | None = None
-) -> ClientMiddlewareType:
-    """One aiohttp client middleware that runs ``layers`` in order, then ``tail``.
-
-    Each layer calls the next directly (no aiohttp wrapper in between), and
-    the request's host is looked up once for all of them: the stack costs
-    about what one middleware costs. The layers are linked here, once; a
-    layer belongs to one chain.
-    """
-    if not layers:
-        raise ValueError("chain needs at least one layer")
-    for outer, nested in itertools.pairwise(layers):
-        outer.inner = nested
-    if tail is not None:
-        last = tail
-
-        def run_tail(
-            req: ClientRequest, handler: ClientHandlerType, host: Host
-        ) -> Awaitable[ClientResponse]:
-            return last(req, handler)
-
-        layers[-1].inner = run_tail
-    hosts = Hosts(layers)
-    first = layers[0]
-
-    async def resilient(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        return await first(req, handler, hosts(req))
-
-    return resilient
 
 
 def _safe(name: str) -> str:
@@ -274,23 +168,20 @@ _guard_var: ContextVar[CircuitBreaker | None] = ContextVar("resilient.http.guard
 
 
 def guard() -> CircuitBreaker | None:
-    """The breaker the attempt being sent goes through, or None (no breaker layer).
+    """The breaker a breaker middleware before this one admitted the attempt through, or None.
 
-    The timeout layer beneath reads its slow limit (``slow_limit``): an attempt
-    timeout is never shorter, so a timed-out attempt also counts as a slow
-    call, and a host whose requests all time out opens the breaker even while
-    other requests to it hang.
+    A timeout middleware after it reads its slow limit: an attempt timeout is
+    never shorter, so a timed-out attempt also counts as a slow call, and a
+    host whose requests all time out opens the breaker even while other
+    requests to it hang.
     """
     return _guard_var.get()
 
 
-def slow_limit(br: CircuitBreaker) -> float:
-    """Seconds after which ``br`` judges a call slow now (learned, with "auto")."""
-    return br.slow_call_seconds
+def guarding(br: CircuitBreaker) -> Token[CircuitBreaker | None]:
+    """Publish ``br`` as the attempt's breaker for a later middleware (see ``guard``)."""
+    return _guard_var.set(br)
 
-
-#: An attempt through a breaker: ``(request, handler, host) -> response``.
-Guarded = Callable[[ClientRequest, ClientHandlerType, Host], Awaitable[ClientResponse]]
 
 #: What the HTTP breakers count as failures (anything else the call raises is an answer).
 RECORDED: Final = (OSError, asyncio.TimeoutError, aiohttp.ClientError)
@@ -302,13 +193,12 @@ class BreakerLayer:
     Built by ``breaker_middleware`` (alone) or ``resilient.http.session``.
     """
 
-    __slots__ = ("_auto_slow", "_defaults", "_hub", "_name", "_routes", "inner")
+    __slots__ = ("_auto_slow", "_defaults", "_hub", "_name", "_routes")
 
     def __init__(self, hub: Hub, per: Key, defaults: BreakerConfig, auto_slow: AutoSlow) -> None:
         self._hub = hub
         self._defaults = defaults
         self._auto_slow = auto_slow
-        self.inner: Inner | None = None
         # Per host, the breaker lives in the request's Host; otherwise here, by name.
         self._name: Callable[[ClientRequest], str] | None
         if per == "host":
@@ -317,57 +207,24 @@ class BreakerLayer:
             self._name = _route_of
         else:
             self._name = per
-        self._routes: dict[str, tuple[CircuitBreaker, Guarded]] = {}
+        self._routes: dict[str, CircuitBreaker] = {}
 
     def adopt(self, host: Host, req: ClientRequest) -> None:
         if self._name is None:
-            br = _create(self._hub, host_key(req.url), self._defaults, self._auto_slow)
-            host.breaker, host.call = br, self._guard(br)
+            host.breaker = _create(self._hub, host_key(req.url), self._defaults, self._auto_slow)
 
-    def _route(self, req: ClientRequest) -> tuple[CircuitBreaker, Guarded]:
-        assert self._name is not None
+    def pick(self, req: ClientRequest, host: Host) -> CircuitBreaker:
+        """The breaker the attempt goes through."""
+        if self._name is None:
+            br = host.breaker
+            assert br is not None  # adopted
+            return br
         name = self._name(req)
         found = self._routes.get(name)
         if found is None:
             br = _create(self._hub, name, self._defaults, self._auto_slow)
-            found = self._routes.setdefault(name, (br, self._guard(br)))
+            found = self._routes.setdefault(name, br)
         return found
-
-    def _guard(self, br: CircuitBreaker) -> Guarded:
-        """The call ``br`` guards: the inner layers, a failing status raised for it to count."""
-        layer = self
-
-        async def send(
-            req: ClientRequest, handler: ClientHandlerType, host: Host
-        ) -> ClientResponse:
-            token = _guard_var.set(br)
-            try:
-                inner = layer.inner
-                response = await (handler(req) if inner is None else inner(req, handler, host))
-            finally:
-                _guard_var.reset(token)
-            if is_failure(response.status):
-                raise _FailedStatus(response)
-            return response
-
-        return br(send)
-
-    async def __call__(
-        self, req: ClientRequest, handler: ClientHandlerType, host: Host
-    ) -> ClientResponse:
-        if self._name is None:
-            br, call = host.breaker, host.call
-            assert br is not None and call is not None  # adopted
-        else:
-            br, call = self._route(req)
-        try:
-            return await call(req, handler, host)
-        except _FailedStatus as failed:
-            return failed.response
-        except CircuitOpenError as exc:
-            if exc.name != br.name or isinstance(exc, HostCircuitOpenError):
-                raise
-            raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
 
 
 def _create(hub: Hub, name: str, defaults: BreakerConfig, auto_slow: AutoSlow) -> CircuitBreaker:
@@ -404,7 +261,9 @@ def breaker_middleware(
     Raises:
         ConfigError: an option is invalid (the message names it).
     """
-    return chain([breaker_layer(hub, per=per, defaults=defaults, total=total)])
+    from resilient.http._pipeline import pipeline
+
+    return pipeline(breaker=breaker_layer(hub, per=per, defaults=defaults, total=total))
 
 
 def breaker_layer(
@@ -414,7 +273,7 @@ def breaker_layer(
     defaults: BreakerConfig | Mapping[str, Any] | None = None,
     total: float = 10.0,
 ) -> BreakerLayer:
-    """The breaker layer, for ``chain`` (see ``breaker_middleware`` for the arguments)."""
+    """The breaker layer, for ``pipeline`` (see ``breaker_middleware`` for the arguments)."""
     if hub is None:
         hub = default_hub()
     elif not isinstance(hub, Hub):

@@ -17,8 +17,10 @@ values it writes are computed per attempt:
   writes nothing.
 * ``propagation()`` does both in one middleware (one call less per request).
 
-Options are validated when the middleware is built (``ValueError`` naming
-the option); the middlewares hold no state and are safe to share.
+``Propagation`` is the same step for the HTTP pipeline, which hands it the
+attempt's bound. Options are validated when a middleware is built
+(``ValueError`` naming the option); the middlewares hold no state and are
+safe to share.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 from collections.abc import Callable
 
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+from multidict import CIMultiDict, istr
 
 from resilient._deadline_header import DEFAULT_HEADER as DEFAULT_DEADLINE_HEADER
 from resilient._deadline_header import check_name, format_ms, parse_ms
@@ -34,7 +37,7 @@ from resilient.deadline import remaining
 from resilient.gray._outbound import DEFAULT_HEADER, DEFAULT_KEY, apply
 from resilient.gray._rules import check_key
 
-__all__ = ["Bound", "deadline_propagation", "gray_propagation", "propagation"]
+__all__ = ["Bound", "Propagation", "deadline_propagation", "gray_propagation", "propagation"]
 
 #: A per-attempt bound in seconds for a request (or ``None`` for no bound of its own).
 Bound = Callable[[ClientRequest], "float | None"]
@@ -52,15 +55,54 @@ def _write_deadline(req: ClientRequest, header: str, bound: Bound | None) -> Non
         own = bound(req)
         if own is not None and (left is None or own < left):
             left = own
-    if left is None or math.isinf(left):
-        return
-    headers = req.headers
-    preset = headers.getall(header, None)
-    if preset is not None:
-        theirs = parse_ms(preset)
+    if left is not None and not math.isinf(left):
+        _put_deadline(req.headers, header, left, format_ms)
+
+
+def _put_deadline(
+    headers: CIMultiDict[str], header: str, left: float, text: Callable[[float], str]
+) -> None:
+    """Write ``left`` seconds as ``header``, unless the caller already wrote a tighter one."""
+    if header in headers:
+        theirs = parse_ms(headers.getall(header))
         if theirs is not None and theirs <= left:
             return
-    headers[header] = format_ms(left)
+    headers[header] = text(left)
+
+
+class Propagation:
+    """The propagation step of the HTTP pipeline (``propagation()``'s, given the bound)."""
+
+    __slots__ = ("_deadline", "_gray", "_key")
+
+    def __init__(
+        self,
+        *,
+        gray_header: str = DEFAULT_HEADER,
+        key: str = DEFAULT_KEY,
+        deadline_header: str = DEFAULT_DEADLINE_HEADER,
+    ) -> None:
+        self._gray = check_name("gray_header", gray_header)
+        self._key = check_key("key", key)
+        # An istr is matched without being case-folded again on every lookup.
+        self._deadline = istr(check_name("deadline_header", deadline_header))
+
+    def write(self, req: ClientRequest, bound: float | None, text: Callable[[float], str]) -> None:
+        """Write the gray tag and the deadline header onto the attempt.
+
+        Args:
+            bound: seconds the attempt is bounded by, the tightest bound there
+                is; None if the timeout layer bounds it not (then what is
+                left of the current deadline, if any).
+            text: formats the header value (``format_ms``, or a memo of it).
+        """
+        headers = req.headers
+        apply(headers, self._gray, self._key)
+        if bound is None:
+            bound = remaining()
+            if bound is None or math.isinf(bound):
+                return
+        _put_deadline(headers, self._deadline, bound, text)
 
 
 def gray_propagation(

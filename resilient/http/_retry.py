@@ -22,11 +22,11 @@ One idea: ask again, but only when asking again is safe and affordable.
   response is honoured: the retry waits at least that long, or is not made
   when that is longer than the time left.
 
-This layer also owns the request's total budget: it publishes the loop time
-by which the whole request must end in a ``ContextVar`` that the per-attempt
-timeout beneath it reads (``request_expiry``), so every attempt is clipped to
-what is left. The decision after each attempt is one sync method
-(``RetryLayer.plan``), which never awaits; ``__call__`` only carries it out.
+The steps are sync methods that never await (``start`` before the first
+attempt, ``plan`` after a failed one); ``resilient.http._pipeline`` carries
+them out. The request's total budget is what bounds the retries: a retry
+middleware stacked alone publishes the request's expiry for a timeout
+middleware after it (``publish_expiry``).
 
 Concurrency: one event loop. The layer holds no per-request state; a host's
 budget and streak live in its ``Host`` (created on first use), and the
@@ -37,24 +37,24 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import math
 import time
 from collections.abc import Callable, Collection
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, cast
 
 import aiohttp
-from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+from aiohttp import ClientMiddlewareType, ClientRequest, ClientResponse
 
 from resilient.budget import RetryBudget
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded, RejectedError
-from resilient.http._breaker import Host, Inner, chain
 from resilient.retry import FullJitter, RetryState
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
+
+    from resilient.http._pipeline import Host
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -62,8 +62,10 @@ __all__ = [
     "Retries",
     "RetryLayer",
     "is_idempotent",
+    "outer_expiry",
     "parse_retry_after",
-    "request_expiry",
+    "publish_expiry",
+    "replayable",
     "retry_layer",
     "retry_middleware",
 ]
@@ -81,10 +83,6 @@ MIN_ATTEMPT: Final = 0.005
 #: that answers some requests; one that answers none is down, and another
 #: attempt is only load (and a request sent into an outage).
 STREAK: Final = 5
-#: How much earlier than aiohttp's own total timer this layer's budget ends, so an
-#: attempt that runs out of total time fails as a timeout the breaker can count
-#: (aiohttp's timer, armed a few microseconds earlier, would cancel the task instead).
-TOTAL_MARGIN: Final = 0.002
 
 _IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 
@@ -94,9 +92,14 @@ Wait = Callable[["RetryCallState"], float]
 _expiry: ContextVar[float | None] = ContextVar("resilient.http.expiry", default=None)
 
 
-def request_expiry() -> float | None:
-    """The loop time by which the request being sent must end (set by the retry layer)."""
+def outer_expiry() -> float | None:
+    """The expiry published by a retry middleware before this one, or None."""
     return _expiry.get()
+
+
+def publish_expiry(expiry: float) -> Token[float | None]:
+    """Publish the request's expiry for a timeout middleware after this one."""
+    return _expiry.set(expiry)
 
 
 def is_idempotent(req: ClientRequest) -> bool:
@@ -104,7 +107,7 @@ def is_idempotent(req: ClientRequest) -> bool:
     return req.method in IDEMPOTENT_METHODS or _IDEMPOTENCY_KEY in req.headers
 
 
-def _replayable(req: ClientRequest) -> bool:
+def replayable(req: ClientRequest) -> bool:
     """A streamed body (a generator, an unseekable file) cannot be sent again."""
     return not getattr(req.body, "consumed", False)
 
@@ -188,12 +191,12 @@ class RetryLayer:
     """The retry layer: asks again while it is safe, worth it, affordable and in time.
 
     Built by ``retry_middleware`` (alone) or ``resilient.http.session``. The
-    decision after each attempt is ``plan`` (sync, no I/O); ``__call__``
+    decision after each attempt is ``plan`` (sync, no I/O); the pipeline
     carries it out. Per host it keeps a ``RetryBudget`` and the streak of
     failed attempts, in the request's ``Host``.
     """
 
-    __slots__ = ("_attempts", "_make_budget", "_total", "_wait", "inner", "statuses")
+    __slots__ = ("_attempts", "_make_budget", "_total", "_wait", "statuses")
 
     def __init__(self, retries: Retries, total: float | None) -> None:
         self._attempts = retries.attempts
@@ -201,10 +204,25 @@ class RetryLayer:
         self._wait = retries.wait
         self._make_budget = retries.budget
         self._total = total
-        self.inner: Inner | None = None
 
     def adopt(self, host: Host, req: ClientRequest) -> None:
         host.budget = None if self._make_budget is None else self._make_budget()
+
+    def start(self, req: ClientRequest, host: Host) -> bool:
+        """A request begins: count it in the host's budget; may it be retried?"""
+        budget = host.budget
+        if budget is not None:
+            budget.record_request()
+        return is_idempotent(req) and replayable(req)
+
+    def total(self, req: ClientRequest) -> float | None:
+        """Seconds the whole request may take, retries included (None: unbounded)."""
+        if self._total is not None:
+            return self._total
+        return req.session.timeout.total
+
+    def retry_after(self, response: ClientResponse) -> float | None:
+        return parse_retry_after(response.headers.get("Retry-After"))
 
     def plan(
         self,
@@ -246,72 +264,9 @@ class RetryLayer:
             return False
         return isinstance(exc, RETRYABLE_ERRORS)
 
-    async def __call__(
-        self, req: ClientRequest, handler: ClientHandlerType, host: Host
-    ) -> ClientResponse:
-        budget = host.budget
-        if budget is not None:
-            budget.record_request()
-        loop = asyncio.get_running_loop()
-        total = self._total if self._total is not None else req.session.timeout.total
-        expiry = math.inf if total is None else loop.time() + total - TOTAL_MARGIN
-        outer = _expiry.get()
-        if outer is not None and outer < expiry:
-            expiry = outer  # a request made from within another one's attempt
-        token = _expiry.set(expiry)
-        try:
-            if not (is_idempotent(req) and _replayable(req)):
-                inner = self.inner
-                return await (handler(req) if inner is None else inner(req, handler, host))
-            return await self._attempts_of(req, handler, host, loop, expiry)
-        finally:
-            _expiry.reset(token)
-
-    async def _attempts_of(
-        self,
-        req: ClientRequest,
-        handler: ClientHandlerType,
-        host: Host,
-        loop: asyncio.AbstractEventLoop,
-        expiry: float,
-    ) -> ClientResponse:
-        inner = self.inner
-        statuses = self.statuses
-        state: RetryState | None = None
-        while True:
-            try:
-                response = await (handler(req) if inner is None else inner(req, handler, host))
-            except Exception as exc:
-                if not self.worth_retrying(exc):
-                    raise
-                host.streak += 1
-                if not _replayable(req):
-                    raise
-                state = _record(state, loop.time(), None, exc)
-                wait = self.plan(state, None, loop.time(), expiry, host)
-                if wait is None:
-                    raise
-                del exc
-            else:
-                if response.status not in statuses:
-                    host.streak = 0
-                    return response
-                host.streak += 1
-                if not _replayable(req):
-                    return response
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                state = _record(state, loop.time(), response, None)
-                wait = self.plan(state, retry_after, loop.time(), expiry, host)
-                if wait is None:
-                    return response
-                response.release()  # the connection goes back before we wait
-            if wait > 0.0:
-                await asyncio.sleep(wait)
-            state.advance(wait)
-
 
 def retry_layer(retries: Retries | None = None, *, total: float | None = None) -> RetryLayer:
-    """The retry layer, for ``chain`` (see ``retry_middleware`` for the arguments)."""
+    """The retry layer, for ``pipeline`` (see ``retry_middleware`` for the arguments)."""
     if retries is None:
         retries = Retries()
     elif not isinstance(retries, Retries):
@@ -341,14 +296,6 @@ def retry_middleware(
     Raises:
         ConfigError: ``retries`` or ``total`` is invalid.
     """
-    return chain([retry_layer(retries, total=total)])
+    from resilient.http._pipeline import pipeline
 
-
-def _record(
-    state: RetryState | None, now: float, result: object, exc: BaseException | None
-) -> RetryState:
-    """The retry state (built on the first failure only) with this attempt's outcome."""
-    if state is None:
-        state = RetryState(None, (), {}, now)
-    state.record(now, result, exc)
-    return state
+    return pipeline(retry=retry_layer(retries, total=total))

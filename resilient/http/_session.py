@@ -2,19 +2,13 @@
 
 ``session()`` returns a plain ``aiohttp.ClientSession`` (no subclass) with a
 pool profile's connector, the ``Timeouts`` as its ``ClientTimeout``, and the
-layers in the documented order, as one client middleware (``chain``: each
-layer calls the next directly and the host is looked up once, so the stack
-costs about what one middleware costs), then the caller's own middlewares:
+layers as one client middleware (``resilient.http._pipeline``, which has the
+order and why), then the caller's own middlewares:
 
     retry > breaker > per-attempt timeout > propagation > the caller's own
 
-(the order of ``resilient.Policy``: deadline > retry > breaker > per-attempt
-timeout > call). Each retry attempt goes through the host's breaker, so a
-rejection is never retried and a retry storm is visible to the breaker; the
-per-attempt timeout sits inside the breaker, so a timed-out attempt counts as
-a failure; the propagation middleware runs once per attempt, so the deadline
-header carries what is left for *that* attempt. Middlewares passed by the
-caller run last, closest to the wire (signing, for instance, is per attempt).
+Middlewares passed by the caller run last, closest to the wire (signing,
+for instance, is per attempt).
 """
 
 from __future__ import annotations
@@ -27,12 +21,13 @@ from aiohttp import ClientMiddlewareType
 
 from resilient.config import BreakerConfig
 from resilient.errors import ConfigError
-from resilient.http._breaker import Key, Layer, breaker_layer, chain
+from resilient.http._breaker import Key, breaker_layer
+from resilient.http._pipeline import pipeline
 from resilient.http._profiles import Profile
 from resilient.http._profiles import profile as _profile
-from resilient.http._propagation import propagation as _propagation
+from resilient.http._propagation import Propagation
 from resilient.http._retry import Retries, is_idempotent, retry_layer
-from resilient.http._timeouts import Timeouts, attempt_bound, timeout_layer
+from resilient.http._timeouts import Timeouts, timeout_layer
 from resilient.hub import Hub
 
 __all__ = ["session"]
@@ -84,16 +79,18 @@ def session(
             "pass timeouts=resilient.http.Timeouts(...), not timeout=", field="timeout"
         )
     chosen = _profile(profile)
-    layers: list[Layer] = []
     plan = _retries(retries)
-    if plan is not None:
-        layers.append(retry_layer(plan, total=timeouts.total))
+    guarded = None
     if breaker is not None and breaker is not False:
         defaults = None if breaker is True else breaker
-        layers.append(breaker_layer(hub, per=per, defaults=defaults, total=timeouts.total))
-    layers.append(timeout_layer(timeouts, applies=is_idempotent if plan is not None else _never))
-    tail = _propagation(bound=attempt_bound) if propagate else None
-    middlewares: list[ClientMiddlewareType] = [chain(layers, tail)]
+        guarded = breaker_layer(hub, per=per, defaults=defaults, total=timeouts.total)
+    middleware = pipeline(
+        retry=None if plan is None else retry_layer(plan, total=timeouts.total),
+        breaker=guarded,
+        timeout=timeout_layer(timeouts, applies=is_idempotent if plan is not None else _never),
+        propagation=Propagation() if propagate else None,
+    )
+    middlewares: list[ClientMiddlewareType] = [middleware]
     extra: Sequence[ClientMiddlewareType] = client_session_kwargs.pop("middlewares", ())
     middlewares.extend(extra)
     connector = client_session_kwargs.pop("connector", None)

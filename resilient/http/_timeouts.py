@@ -5,24 +5,24 @@ One idea: no wait on a dependency outlives the budget it was given.
 ``Timeouts`` holds the layers. ``connect``, ``sock_connect``, ``sock_read``
 and ``total`` become the session's ``aiohttp.ClientTimeout`` (each clipped to
 ``total``); aiohttp enforces them. ``total`` bounds the whole request,
-retries included (the retry layer publishes its expiry, see
-``resilient.http._retry.request_expiry``). ``attempt`` bounds one attempt,
-from sending to the response headers, so that a retry still fits in
-``total``; ``"auto"`` learns it per host from the latency the host shows
-while healthy: ``ATTEMPT_MULTIPLE`` (10) times the 90th percentile of recent good
-answers, never below ``ATTEMPT_FLOOR`` (50 ms) nor the slow limit of the
-host's breaker (so a timed-out attempt is a slow call), never above ``total``.
+retries included (the pipeline computes the request's expiry once, see
+``resilient.http._pipeline``). ``attempt`` bounds one attempt, from sending
+to the response headers, so that a retry still fits in ``total``; ``"auto"``
+learns it per host from the latency the host shows while healthy:
+``ATTEMPT_MULTIPLE`` (10) times the 90th percentile of recent good answers,
+never below ``ATTEMPT_FLOOR`` (50 ms) nor the slow limit of the host's
+breaker (so a timed-out attempt is a slow call), never above ``total``.
 
-``timeout_middleware`` arms one timer per attempt at the tightest of: the
-attempt timeout (idempotent requests only, the ones a retry can follow),
-what is left of the total, and what is left of the current
-``resilient.deadline``. When an armed (``async with``) deadline is the
-tightest, no timer of its own is armed: the deadline's fires and surfaces as
-``DeadlineExceeded``. Otherwise an expiry raises ``AttemptTimeoutError`` (an
+``TimeoutLayer.arm`` bounds each attempt at the tightest of: the attempt
+timeout (idempotent requests only, the ones a retry can follow), what is
+left of the total, and what is left of the current ``resilient.deadline``.
+When an armed (``async with``) deadline is the tightest, nothing more is
+armed: the deadline's timer fires and surfaces as ``DeadlineExceeded``.
+Otherwise the bound goes on the layer's ``Watchdog`` (one loop timer for all
+attempts), and an expiry fails the attempt with ``AttemptTimeoutError`` (an
 ``aiohttp.ServerTimeoutError``, so a ``TimeoutError`` and an
 ``aiohttp.ClientError``), which the breaker counts as a failure and the retry
-layer retries. The timer's expiry is published (``attempt_bound``) for the
-deadline header, which carries the tightest bound on the attempt.
+layer retries. The bound is also what the deadline header carries.
 
 The response body is read after the middlewares return: it is bounded by
 aiohttp (``total``, ``sock_read``) and by an ``async with`` deadline, whose
@@ -37,25 +37,34 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import aiohttp
-from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+from aiohttp import ClientMiddlewareType, ClientRequest
 
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded
-from resilient.http._breaker import Host, Inner, chain, guard, slow_limit
-from resilient.http._retry import TOTAL_MARGIN, is_idempotent, request_expiry
+from resilient.http._breaker import guard
+from resilient.http._retry import is_idempotent
+from resilient.latency import Recent
+
+if TYPE_CHECKING:
+    from resilient.breaker import CircuitBreaker
+    from resilient.http._pipeline import Host
 
 __all__ = [
     "ATTEMPT_FLOOR",
     "ATTEMPT_MULTIPLE",
+    "TOTAL_MARGIN",
     "AttemptTimeoutError",
     "TimeoutLayer",
     "Timeouts",
+    "Watchdog",
     "attempt_bound",
+    "expired",
+    "publish_bound",
     "timeout_layer",
     "timeout_middleware",
 ]
@@ -76,10 +85,15 @@ ATTEMPT_RELEARN: Final = 64
 #: The TCP connect timeout by default: one lost SYN is retransmitted after 1 s
 #: (Linux's initial RTO), and a TLS handshake follows.
 SOCK_CONNECT: Final = 2.0
+#: How much earlier than aiohttp's own total timer a request's expiry is, so an
+#: attempt that runs out of total time fails as a timeout the breaker can count
+#: (aiohttp's timer, armed a few microseconds earlier, would cancel the task instead).
+TOTAL_MARGIN: Final = 0.002
 
 _ATTEMPT, _TOTAL, _DEADLINE = "attempt", "total", "deadline"
 
-#: Loop time at which the current attempt's timer fires (for the deadline header).
+#: Loop time at which the current attempt's bound expires, for a deadline header
+#: written by a later middleware (see ``publish_bound``).
 _attempt_expiry: ContextVar[float | None] = ContextVar("resilient.http.attempt", default=None)
 
 
@@ -162,7 +176,11 @@ def _clip(value: float | None, total: float) -> float | None:
 
 
 def attempt_bound(req: ClientRequest) -> float | None:
-    """Seconds left on the current attempt's timer, or None (for the deadline header)."""
+    """Seconds left on the current attempt's bound, or None (for a deadline header).
+
+    For a middleware after the HTTP layer's that writes its own deadline
+    header (with ``propagate=False``); the layer's own propagation needs it not.
+    """
     expiry = _attempt_expiry.get()
     if expiry is None:
         return None
@@ -180,144 +198,168 @@ class _Learned:
     host that slows down gradually, within the multiple's headroom.
     """
 
-    __slots__ = ("_ceiling", "_count", "_due", "_floor", "_ring", "seconds")
+    __slots__ = ("_ceiling", "_floor", "_recent", "seconds")
 
     def __init__(self, floor: float, ceiling: float) -> None:
         self._floor = floor
         self._ceiling = ceiling
-        self._ring = [0.0] * ATTEMPT_SAMPLES
-        self._count = 0  # answers seen
-        self._due = ATTEMPT_FIRST  # the count at which it is learned next
+        self._recent = Recent(ATTEMPT_SAMPLES, ATTEMPT_FIRST, ATTEMPT_RELEARN)
         self.seconds = ceiling
 
     def observe(self, duration: float) -> None:
-        count = self._count
-        self._ring[count % ATTEMPT_SAMPLES] = duration
-        self._count = count = count + 1
-        if count < self._due:
-            return
-        self._due = count + ATTEMPT_RELEARN
-        recent = sorted(self._ring[:count] if count < ATTEMPT_SAMPLES else self._ring)
-        typical = recent[min(len(recent) - 1, math.ceil(ATTEMPT_QUANTILE * len(recent)) - 1)]
-        self.seconds = min(self._ceiling, max(self._floor, ATTEMPT_MULTIPLE * typical))
+        if self._recent.add(duration):
+            typical = self._recent.quantile(ATTEMPT_QUANTILE)
+            self.seconds = min(self._ceiling, max(self._floor, ATTEMPT_MULTIPLE * typical))
 
 
-class _Timer:
-    """An attempt's timer: when it goes off, cancel the task on the next loop iteration.
+#: A watched attempt: (expiry, its task, which bound, the bound's seconds).
+Entry = tuple[float, "asyncio.Task[object]", str, float]
 
-    The one-iteration grace matters when the event loop itself was stalled
-    (a GC pause, a busy CPU): the answer that arrived during the stall is
-    handled in the same iteration as the late timer, and the task's wake-up
-    is queued before this cancellation, so the answer wins. The cancel and
-    ``uncancel()`` protocol is ``asyncio.timeout``'s, so a caller's own
-    cancellation stays a cancellation.
+
+class Watchdog:
+    """One loop timer for many attempts: cuts each one that runs past its expiry.
+
+    An attempt is an entry, keyed by its request; the timer is armed for the
+    earliest expiry known and, when it goes off, cuts what has expired and is
+    armed again for the next. Most attempts end long before their expiry, so
+    an attempt costs a dict store and a pop, where a timer of its own would
+    cost a heap push and a cancelled handle left in the loop's heap.
+
+    A cut waits one loop iteration (``call_soon``): when the loop itself was
+    stalled (a GC pause, a busy CPU), an answer that arrived during the stall
+    is handled in the same iteration, and its task's wake-up is queued before
+    the cut, so the answer wins. A cut is ``task.cancel()``; ``release``
+    tells the attempt it was cut, so it can ``uncancel()`` and fail as a
+    timeout (``asyncio.timeout``'s protocol: a caller's own cancellation stays
+    a cancellation).
     """
 
-    __slots__ = ("_handle", "_loop", "_task", "fired")
+    __slots__ = ("_at", "_cut", "_handle", "_loop", "entries")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object], when: float
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._task = task
-        self.fired = False
-        self._handle: asyncio.Handle = loop.call_at(when, self._soon)
+        self.entries: dict[object, Entry] = {}
+        self._cut: set[object] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the timer goes off
 
-    def _soon(self) -> None:
-        self._handle = self._loop.call_soon(self._cut)
+    def watch(self, key: object, entry: Entry) -> None:
+        self.entries[key] = entry
+        expiry = entry[0]
+        if expiry < self._at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._at = expiry
+            self._handle = self._loop.call_at(expiry, self._check)
 
-    def _cut(self) -> None:
-        self.fired = True
-        self._task.cancel()
+    def release(self, key: object) -> Entry | None:
+        """End ``key``'s watch; its entry if it was cut, else None."""
+        entry = self.entries.pop(key)
+        cut = self._cut
+        if cut and key in cut:
+            cut.discard(key)
+            return entry
+        return None
 
-    def disarm(self) -> None:
-        self._handle.cancel()
+    def _check(self) -> None:
+        now = self._loop.time()
+        later = math.inf
+        for key, entry in self.entries.items():
+            expiry = entry[0]
+            if expiry <= now:
+                if key not in self._cut:
+                    self._loop.call_soon(self._cut_one, key, entry)
+            elif expiry < later:
+                later = expiry
+        self._at = later
+        self._handle = None if later == math.inf else self._loop.call_at(later, self._check)
 
-
-def _is_healthy(response: ClientResponse) -> bool:
-    status = response.status
-    return status < 500 and status != 429
+    def _cut_one(self, key: object, entry: Entry) -> None:
+        if self.entries.get(key) is entry and key not in self._cut:
+            self._cut.add(key)
+            entry[1].cancel()
 
 
 class TimeoutLayer:
     """The per-attempt timeout layer (see the module docstring).
 
     Built by ``timeout_middleware`` (alone) or ``resilient.http.session``;
-    the learned attempt timeout of each host lives in the request's ``Host``.
+    each host's learned attempt timeout lives in its ``Host``.
     """
 
-    __slots__ = ("_applies", "_fixed", "_floor", "_learn", "_total", "inner")
+    __slots__ = ("_fixed", "_floor", "_learn", "_watchdog", "applies", "total")
 
     def __init__(self, timeouts: Timeouts, applies: Callable[[ClientRequest], bool]) -> None:
-        self._total = timeouts.total
+        self.total = timeouts.total
         self._learn = timeouts.attempt == "auto"
         attempt = timeouts.attempt
         self._fixed = attempt if isinstance(attempt, float) else math.inf
         self._floor = min(ATTEMPT_FLOOR, timeouts.total)
-        self._applies = applies
-        self.inner: Inner | None = None
+        self.applies = applies  # which requests get the attempt timeout
+        self._watchdog: Watchdog | None = None
 
     def adopt(self, host: Host, req: ClientRequest) -> None:
         if self._learn:
-            host.learned = _Learned(self._floor, self._total)
+            host.learned = _Learned(self._floor, self.total)
 
-    async def __call__(
-        self, req: ClientRequest, handler: ClientHandlerType, host: Host
-    ) -> ClientResponse:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        expiry = request_expiry()
-        if expiry is None:
-            expiry = started + self._total - TOTAL_MARGIN
-        limit, bound = expiry - started, _TOTAL
-        learned = None
-        if self._applies(req):
+    def arm(
+        self,
+        req: ClientRequest,
+        applies: bool,
+        host: Host,
+        task: asyncio.Task[object],
+        now: float,
+        expiry: float,
+        br: CircuitBreaker | None,
+    ) -> float | None:
+        """Bound the attempt of ``req`` starting at ``now``: the bound's seconds.
+
+        ``applies``: whether the attempt timeout applies to ``req``. None when
+        nothing of this layer's bounds the attempt: an armed deadline is the
+        tightest (its own timer serves), or there is no bound at all.
+
+        Raises:
+            AttemptTimeoutError, DeadlineExceeded: no time is left.
+        """
+        limit, kind = expiry - now, _TOTAL
+        if applies:
             learned = host.learned
-            if learned is not None:
-                own = learned.seconds
-                br = guard()
-                if br is not None and slow_limit(br) > own:
-                    own = slow_limit(br)  # a timed-out attempt must count as slow
+            if learned is None:
+                own = self._fixed  # the caller's own number, as it is
             else:
-                own = self._fixed
+                own = learned.seconds
+                if br is None:
+                    br = guard()  # a breaker middleware of its own, before this one
+                if br is not None and br._slow_seconds > own:
+                    own = br._slow_seconds  # a timed-out attempt must count as slow
             if own < limit:
-                limit, bound = own, _ATTEMPT
-        inner = self.inner
+                limit, kind = own, _ATTEMPT
         scope = _current()
         if scope is not None:
             left = scope.remaining()
             if left <= limit:
-                if scope.armed:  # the deadline's own timer serves
-                    response = await (handler(req) if inner is None else inner(req, handler, host))
-                    if learned is not None and _is_healthy(response):
-                        learned.observe(loop.time() - started)
-                    return response
-                limit, bound = left, _DEADLINE
+                if scope.armed:
+                    return None
+                limit, kind = left, _DEADLINE
         if limit <= 0.0:
-            raise _expired(req, bound, 0.0)
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("the HTTP timeout layer needs to run in an asyncio task")
-        cancelling = task.cancelling()
-        fires_at = started + limit
-        timer = _Timer(loop, task, fires_at)
-        token = _attempt_expiry.set(fires_at)
-        try:
-            response = await (handler(req) if inner is None else inner(req, handler, host))
-        except asyncio.CancelledError as exc:
-            if timer.fired:
-                timer.fired = False
-                if task.uncancel() <= cancelling:
-                    raise _expired(req, bound, limit) from exc
-            raise
-        finally:
-            _attempt_expiry.reset(token)
-            timer.disarm()
-            if timer.fired:  # it fired, but the attempt finished anyway
-                task.uncancel()
-        if learned is not None and _is_healthy(response):
-            learned.observe(loop.time() - started)
-        return response
+            raise _expired(req, kind, 0.0)
+        if limit == math.inf:
+            return None
+        watchdog = self._watchdog
+        if watchdog is None:
+            watchdog = self._watchdog = Watchdog(req.loop)
+        watchdog.watch(req, (now + limit, task, kind, limit))
+        return limit
+
+    def release(self, req: ClientRequest) -> Entry | None:
+        """End the attempt's bound; its entry if the bound cut it, else None."""
+        assert self._watchdog is not None  # armed
+        return self._watchdog.release(req)
+
+
+def publish_bound(expiry: float) -> Token[float | None]:
+    """Publish the attempt's expiry (loop time) for a later middleware (see ``attempt_bound``)."""
+    return _attempt_expiry.set(expiry)
 
 
 def timeout_layer(
@@ -325,7 +367,7 @@ def timeout_layer(
     *,
     applies: Callable[[ClientRequest], bool] = is_idempotent,
 ) -> TimeoutLayer:
-    """The timeout layer, for ``chain`` (see ``timeout_middleware`` for the arguments)."""
+    """The timeout layer, for ``pipeline`` (see ``timeout_middleware`` for the arguments)."""
     if timeouts is None:
         timeouts = Timeouts()
     elif not isinstance(timeouts, Timeouts):
@@ -347,14 +389,21 @@ def timeout_middleware(
 
     Args:
         timeouts: the layers; ``Timeouts()`` if omitted. Without a retry
-            layer outside it, the total is counted from this middleware.
+            middleware before it, the total is counted from this middleware.
         applies: which requests get the attempt timeout (idempotent ones by
             default; the others are bounded by the total and the deadline).
 
     Raises:
         ConfigError: ``timeouts`` is not a ``Timeouts``.
     """
-    return chain([timeout_layer(timeouts, applies=applies)])
+    from resilient.http._pipeline import pipeline
+
+    return pipeline(timeout=timeout_layer(timeouts, applies=applies))
+
+
+def expired(req: ClientRequest, entry: Entry) -> Exception:
+    """The error an attempt cut by its bound fails with."""
+    return _expired(req, entry[2], entry[3])
 
 
 def _expired(req: ClientRequest, bound: str, seconds: float) -> Exception:

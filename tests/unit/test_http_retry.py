@@ -10,7 +10,7 @@ from resilient.budget import RetryBudget
 from resilient.deadline import deadline
 from resilient.errors import CircuitOpenError, ConfigError, DeadlineExceeded
 from resilient.http import IDEMPOTENT_METHODS, RETRY_STATUSES, Retries, parse_retry_after
-from resilient.http._breaker import Host
+from resilient.http._pipeline import Host
 from resilient.http._retry import STREAK, RetryLayer
 from resilient.retry import RetryState
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import aiohttp
@@ -15,6 +16,8 @@ from resilient.http._timeouts import (
     ATTEMPT_MULTIPLE,
     ATTEMPT_RELEARN,
     ATTEMPT_SAMPLES,
+    Entry,
+    Watchdog,
     _Learned,
 )
 
@@ -126,3 +129,58 @@ def test_learned_attempt_timeout_follows_a_host_that_slows_down_and_is_capped() 
     assert learned.seconds == pytest.approx(0.5)
     feed(learned, [0.5] * ATTEMPT_SAMPLES)
     assert learned.seconds == 2.0  # never above the total
+
+
+# -- the watchdog: one loop timer for many attempts ---------------------------------
+
+
+async def hang() -> None:
+    await asyncio.sleep(30)
+
+
+def entry(task: asyncio.Task[object], expiry: float) -> Entry:
+    return (expiry, task, "attempt", 0.1)
+
+
+async def test_the_watchdog_cuts_each_attempt_at_its_own_expiry() -> None:
+    loop = asyncio.get_running_loop()
+    watchdog = Watchdog(loop)
+    tasks = [asyncio.create_task(hang()) for _ in range(3)]
+    now = loop.time()
+    # Added late-first: an earlier expiry must re-arm the one timer.
+    for key, task, after in (("late", tasks[0], 30.0), ("b", tasks[1], 0.1), ("a", tasks[2], 0.05)):
+        watchdog.watch(key, entry(task, now + after))
+    await asyncio.wait(tasks[1:], timeout=5.0)
+    assert tasks[1].cancelled() and tasks[2].cancelled()
+    assert not tasks[0].done()
+    assert watchdog.release("a") is not None  # cut: the attempt is told so
+    assert watchdog.release("b") is not None
+    assert watchdog.release("late") is None  # ended before its expiry: not cut
+    tasks[0].cancel()
+
+
+async def test_an_attempt_released_before_the_cut_runs_is_not_cancelled() -> None:
+    loop = asyncio.get_running_loop()
+    watchdog = Watchdog(loop)
+    task = asyncio.create_task(hang())
+    watchdog.watch("key", entry(task, loop.time() - 1.0))
+    watchdog._check()  # the timer goes off: the cut is queued for the next iteration
+    assert watchdog.release("key") is None  # ... but the answer came first
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not task.done() and task.cancelling() == 0
+    task.cancel()
+
+
+async def test_two_attempts_of_one_task_are_watched_apart() -> None:
+    # A request sent from within another one's attempt (a middleware asking
+    # for a token, say) runs in the same task: the keys are the requests.
+    loop = asyncio.get_running_loop()
+    watchdog = Watchdog(loop)
+    task = asyncio.create_task(hang())
+    watchdog.watch("outer", entry(task, loop.time() + 0.05))
+    watchdog.watch("inner", entry(task, loop.time() + 30.0))
+    assert watchdog.release("inner") is None
+    await asyncio.wait([task], timeout=5.0)
+    assert task.cancelled()  # the outer attempt's bound still held
+    assert watchdog.release("outer") is not None

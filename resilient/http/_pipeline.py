@@ -1,0 +1,256 @@
+"""The HTTP layers run as one aiohttp client middleware, in a fixed order.
+
+One idea: every attempt passes the same layers in the same order, and on the
+success path each layer costs a few statements, not a coroutine of its own.
+
+    retry > breaker > per-attempt timeout > propagation > the wire
+
+(the order of ``resilient.Policy``: deadline > retry > breaker > per-attempt
+timeout > call). Each retry attempt goes through the host's breaker, so a
+rejection is never retried and a retry storm is visible to the breaker; the
+timeout is inside the breaker, so a timed-out attempt counts as a failure;
+propagation runs per attempt, so the deadline header carries what is left
+for *that* attempt.
+
+A layer is an object with plain synchronous steps, and ``pipeline`` calls
+them around aiohttp's handler in one coroutine:
+
+- retry (``RetryLayer``): ``start`` counts the request in the host's budget
+  and says whether it may be retried; after a failed attempt ``plan`` gives
+  the wait before the next one, or None to stop.
+- breaker (``BreakerLayer``): ``pick`` names the attempt's breaker, which
+  admits it (or the request fails with ``HostCircuitOpenError``) and is told
+  how it ended: 5xx and 429 are failures.
+- timeout (``TimeoutLayer``): ``arm`` bounds the attempt on the layer's
+  watchdog; ``release`` ends the bound and says whether it cut the attempt,
+  which then fails with ``AttemptTimeoutError`` before the breaker judges it.
+- propagation (``Propagation``): ``write`` puts the gray tag and the deadline
+  header on the attempt.
+
+Each ``*_middleware`` is a pipeline of one layer; ``session()`` builds one
+of all of them. A pipeline that lacks a layer publishes, in context
+variables, what that layer would read if it came later as a middleware of
+its own (the request's expiry, the guarding breaker, the attempt's bound),
+so separately stacked middlewares cooperate as the single pipeline does.
+
+Concurrency: one event loop per session. The host table is filled on first
+use; breakers are created under the hub's lock, so racing sessions share one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn, Protocol
+
+from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+
+from resilient._deadline_header import LastFormatted
+from resilient.errors import CircuitOpenError
+from resilient.http._breaker import HostCircuitOpenError, guarding
+from resilient.http._propagation import Propagation
+from resilient.http._retry import RetryLayer, outer_expiry, publish_expiry, replayable
+from resilient.http._timeouts import TOTAL_MARGIN, TimeoutLayer, expired, publish_bound
+from resilient.retry import RetryState
+
+if TYPE_CHECKING:
+    from resilient.breaker import CircuitBreaker
+    from resilient.budget import RetryBudget
+    from resilient.http._breaker import BreakerLayer
+    from resilient.http._timeouts import _Learned
+
+__all__ = ["Host", "Hosts", "Layer", "pipeline"]
+
+
+class Host:
+    """One session's state for one ``host:port``: each layer keeps its slots here."""
+
+    __slots__ = ("breaker", "budget", "learned", "streak", "text")
+
+    def __init__(self) -> None:
+        self.breaker: CircuitBreaker | None = None  # the breaker layer's (per host)
+        self.budget: RetryBudget | None = None  # the retry layer's budget ...
+        self.streak = 0  # ... and its count of failed attempts in a row
+        self.learned: _Learned | None = None  # the timeout layer's attempt timeout
+        self.text = LastFormatted()  # the deadline header's value of a bound
+
+
+class Layer(Protocol):
+    """What the host table asks of a layer: fill its slots of a new ``Host``."""
+
+    def adopt(self, host: Host, req: ClientRequest) -> None: ...
+
+
+class Hosts:
+    """The ``Host`` of each ``(host, port)`` a session has sent to, made on first use."""
+
+    __slots__ = ("_layers", "by_key")
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self._layers = tuple(layers)
+        self.by_key: dict[tuple[str | None, int | None], Host] = {}
+
+    def add(self, req: ClientRequest) -> Host:
+        """The request's ``Host``, made (each layer filling its slots) if it is new."""
+        url = req.url
+        key = (url.raw_host, url.port)
+        found = self.by_key.get(key)
+        if found is None:
+            host = Host()
+            for layer in self._layers:
+                layer.adopt(host, req)
+            found = self.by_key.setdefault(key, host)
+        return found
+
+
+def pipeline(
+    *,
+    retry: RetryLayer | None = None,
+    breaker: BreakerLayer | None = None,
+    timeout: TimeoutLayer | None = None,
+    propagation: Propagation | None = None,
+) -> ClientMiddlewareType:
+    """One aiohttp client middleware running the given layers in the documented order."""
+    hosts = Hosts([layer for layer in (retry, breaker, timeout) if layer is not None])
+    by_key = hosts.by_key
+    # What a later, separate middleware may need from the layers present here.
+    expiry_for_later = retry is not None and timeout is None
+    guard_for_later = breaker is not None and timeout is None
+    bound_for_later = timeout is not None and propagation is None
+    statuses = retry.statuses if retry is not None else frozenset[int]()
+    fixed_total = timeout.total if timeout is not None and retry is None else None
+    needs_task = timeout is not None or breaker is not None
+
+    async def resilient(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        url = req.url
+        host = by_key.get((url.raw_host, url.port)) or hosts.add(req)
+        loop = req.loop
+        now = loop.time()
+        # The request's expiry: its total budget, retries included, within an
+        # expiry published by a retry middleware before this one.
+        total = retry.total(req) if retry is not None else fixed_total
+        expiry = math.inf if total is None else now + total - TOTAL_MARGIN
+        outer = outer_expiry()
+        if outer is not None and outer < expiry:
+            expiry = outer
+        retryable = retry is not None and retry.start(req, host)
+        bounded = timeout is not None and timeout.applies(req)
+        task = asyncio.current_task(loop) if needs_task else None
+        published = publish_expiry(expiry) if expiry_for_later else None
+        state: RetryState | None = None
+        try:
+            while True:
+                # Admission, in order: the breaker, then the attempt's bound
+                # (which may raise: no time left), then what goes on the wire.
+                br = breaker.pick(req, host) if breaker is not None else None
+                if br is not None:
+                    began = br._clock()
+                    try:
+                        ticket = br._begin(began, task)
+                    except CircuitOpenError as exc:
+                        raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
+                bound = None
+                if timeout is not None:
+                    assert task is not None
+                    cancelling = task.cancelling()
+                    bound = timeout.arm(req, bounded, host, task, now, expiry, br)
+                if propagation is not None:
+                    propagation.write(req, bound, host.text)
+                published_guard = guarding(br) if guard_for_later and br is not None else None
+                published_bound = (
+                    publish_bound(now + bound) if bound_for_later and bound is not None else None
+                )
+                try:
+                    response = await handler(req)
+                except BaseException as raised:
+                    # Inside out: the bound names a timeout, the breaker counts
+                    # the attempt, the retry layer decides whether to ask again.
+                    error: BaseException = raised
+                    cut = timeout.release(req) if bound is not None and timeout else None
+                    if cut is not None:
+                        assert task is not None
+                        if task.uncancel() <= cancelling and isinstance(
+                            raised, asyncio.CancelledError
+                        ):
+                            error = expired(req, cut)
+                    if br is not None:
+                        rejection = br._end_error(ticket, began, error, task)
+                        if rejection is not None:
+                            error = HostCircuitOpenError(
+                                rejection.name, rejection.retry_after, rejection.reason
+                            )
+                            error.__suppress_context__ = True
+                    if not (
+                        retry is not None
+                        and isinstance(error, Exception)
+                        and retry.worth_retrying(error)
+                    ):
+                        _raise(error, raised)
+                    host.streak += 1
+                    wait = None
+                    if retryable and retry is not None and replayable(req):
+                        now = loop.time()
+                        state = _record(state, now, None, error)
+                        wait = retry.plan(state, None, now, expiry, host)
+                    if wait is None:
+                        _raise(error, raised)
+                    del raised, error
+                else:
+                    if bound is not None and timeout is not None and timeout.release(req):
+                        assert task is not None
+                        task.uncancel()  # it was cut, but the answer came first
+                    status = response.status
+                    failed = status >= 500 or status == 429  # is_failure, inlined
+                    if br is not None:
+                        br._end(ticket, began, br._clock(), failed, task)
+                    if bounded and not failed:
+                        learned = host.learned
+                        if learned is not None:
+                            learned.observe(loop.time() - now)
+                    if status not in statuses:
+                        host.streak = 0
+                        return response
+                    host.streak += 1
+                    if not (retryable and retry is not None and replayable(req)):
+                        return response
+                    now = loop.time()
+                    state = _record(state, now, response, None)
+                    wait = retry.plan(state, retry.retry_after(response), now, expiry, host)
+                    if wait is None:
+                        return response
+                    response.release()  # the connection goes back before we wait
+                finally:
+                    if published_guard is not None:
+                        published_guard.var.reset(published_guard)
+                    if published_bound is not None:
+                        published_bound.var.reset(published_bound)
+                if wait > 0.0:
+                    await asyncio.sleep(wait)
+                assert state is not None  # a retry follows a recorded failure
+                state.advance(wait)
+                now = loop.time()
+        finally:
+            if published is not None:
+                published.var.reset(published)
+
+    return resilient
+
+
+def _raise(error: BaseException, raised: BaseException) -> NoReturn:
+    """Raise the attempt's outcome: what aiohttp raised, or what a layer made of it."""
+    if error is raised:
+        raise raised
+    if error.__cause__ is None and not error.__suppress_context__:
+        raise error from raised
+    raise error
+
+
+def _record(
+    state: RetryState | None, now: float, result: object, exc: BaseException | None
+) -> RetryState:
+    """The retry state (built on the first failure only) with this attempt's outcome."""
+    if state is None:
+        state = RetryState(None, (), {}, now)
+    state.record(now, result, exc)
+    return state
