@@ -22,6 +22,15 @@ client's figure is its best round. Two regimes:
 Also printed: the client process's CPU time per request, which is where the
 middlewares' cost shows when the upstream, not the client, is the
 bottleneck. Target: resilient >= 0.95x aiohttp's requests/s.
+
+``--count N --client NAME`` sends N requests through one client (32
+workers, no timing) and exits: run it under ``valgrind --tool=callgrind``
+for N and 4N and take the difference to count the instructions one request
+costs, a figure the machine's load does not move (the upstream runs in its
+own process, outside valgrind)::
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python -m bench.http_throughput --count 1000 --client resilient
 """
 
 from __future__ import annotations
@@ -74,6 +83,23 @@ async def one_round(
 REGIMES = {"saturated": (0.0, 32), "service": (0.002, 8)}
 
 
+async def send(name: str, count: int, concurrency: int = 32) -> None:
+    """``count`` requests through one client, for an instruction count (no timing)."""
+    async with UpstreamProcess(seed=1) as upstream:
+        url = f"{upstream.url}/bench"
+        async with CLIENTS[name]() as s:
+            left = count
+
+            async def worker() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    async with s.get(url) as resp:
+                        await resp.read()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
 async def bench(
     seconds: float, rounds: int, latency: float, concurrency: int
 ) -> dict[str, tuple[float, float]]:
@@ -98,7 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--regime", action="append", choices=list(REGIMES))
+    parser.add_argument("--count", type=int, help="send this many requests and exit")
+    parser.add_argument("--client", choices=list(CLIENTS), default="resilient")
     args = parser.parse_args(argv)
+    if args.count is not None:
+        asyncio.run(send(args.client, args.count))
+        return 0
     for regime in args.regime or list(REGIMES):
         latency, concurrency = REGIMES[regime]
         print(f"{regime}: upstream latency {latency * 1000:g} ms, {concurrency} workers")
