@@ -68,11 +68,12 @@ class BudgetSnapshot:
 class _Bucket:
     """Counts of one ``window / 10`` slice of time, identified by its index."""
 
-    __slots__ = ("index", "requests", "retries")
+    __slots__ = ("batched", "index", "requests", "retries")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.requests = itertools.count()  # next() is atomic: no lock on the hot path
+        self.batched = 0  # calls recorded in bulk (record_requests), under the lock
         self.retries = 0  # written under the budget's lock only
 
 
@@ -155,6 +156,13 @@ class RetryBudget:
                 bucket = self._advance_locked(index)
         next(bucket.requests)
 
+    def record_requests(self, count: int) -> None:
+        """Count ``count`` calls at once, for a caller that batches them (takes the lock)."""
+        if count > 0:
+            index = self._index()
+            with self._lock:
+                self._advance_locked(index).batched += count
+
     # -- the retry path --------------------------------------------------------------
 
     def allow_retry(self) -> bool:
@@ -194,7 +202,7 @@ class RetryBudget:
 
     def _totals_locked(self) -> tuple[int, int]:
         buckets = (*self._old, self._current)
-        requests = sum(_value(b.requests) for b in buckets)
+        requests = sum(_value(b.requests) + b.batched for b in buckets)
         retries = sum(b.retries for b in buckets)
         return requests, retries
 

@@ -193,7 +193,7 @@ class BreakerLayer:
     Built by ``breaker_middleware`` (alone) or ``resilient.http.session``.
     """
 
-    __slots__ = ("_auto_slow", "_defaults", "_hub", "_name", "_routes")
+    __slots__ = ("_auto_slow", "_defaults", "_hub", "_name", "_routes", "per_host")
 
     def __init__(self, hub: Hub, per: Key, defaults: BreakerConfig, auto_slow: AutoSlow) -> None:
         self._hub = hub
@@ -207,6 +207,7 @@ class BreakerLayer:
             self._name = _route_of
         else:
             self._name = per
+        self.per_host = self._name is None  # then the breaker is the Host's own
         self._routes: dict[str, CircuitBreaker] = {}
 
     def adopt(self, host: Host, req: ClientRequest) -> None:

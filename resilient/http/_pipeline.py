@@ -15,9 +15,10 @@ for *that* attempt.
 A layer is an object with plain synchronous steps, and ``pipeline`` calls
 them around aiohttp's handler in one coroutine:
 
-- retry (``RetryLayer``): ``start`` counts the request in the host's budget
-  and says whether it may be retried; after a failed attempt ``plan`` gives
-  the wait before the next one, or None to stop.
+- retry (``RetryLayer``): each request is counted in the host's budget
+  (``deposit``, in batches); after a failed attempt of a request that may be
+  retried (idempotent, its body replayable), ``plan`` gives the wait before
+  the next one, or None to stop.
 - breaker (``BreakerLayer``): ``pick`` names the attempt's breaker, which
   admits it (or the request fails with ``HostCircuitOpenError``) and is told
   how it ended: 5xx and 429 are failures.
@@ -50,7 +51,13 @@ from resilient._deadline_header import LastFormatted
 from resilient.errors import CircuitOpenError
 from resilient.http._breaker import HostCircuitOpenError, guarding
 from resilient.http._propagation import Propagation
-from resilient.http._retry import RetryLayer, outer_expiry, publish_expiry, replayable
+from resilient.http._retry import (
+    RetryLayer,
+    is_idempotent,
+    outer_expiry,
+    publish_expiry,
+    replayable,
+)
 from resilient.http._timeouts import TOTAL_MARGIN, TimeoutLayer, expired, publish_bound
 from resilient.retry import RetryState
 
@@ -66,11 +73,13 @@ __all__ = ["Host", "Hosts", "Layer", "pipeline"]
 class Host:
     """One session's state for one ``host:port``: each layer keeps its slots here."""
 
-    __slots__ = ("breaker", "budget", "learned", "streak", "text")
+    __slots__ = ("breaker", "budget", "deposit_at", "learned", "pending", "streak", "text")
 
     def __init__(self) -> None:
         self.breaker: CircuitBreaker | None = None  # the breaker layer's (per host)
         self.budget: RetryBudget | None = None  # the retry layer's budget ...
+        self.pending = 0  # ... requests not yet deposited in it ...
+        self.deposit_at = -math.inf  # ... until this loop time ...
         self.streak = 0  # ... and its count of failed attempts in a row
         self.learned: _Learned | None = None  # the timeout layer's attempt timeout
         self.text = LastFormatted()  # the deadline header's value of a bound
@@ -119,7 +128,14 @@ def pipeline(
     guard_for_later = breaker is not None and timeout is None
     bound_for_later = timeout is not None and propagation is None
     statuses = retry.statuses if retry is not None else frozenset[int]()
-    fixed_total = timeout.total if timeout is not None and retry is None else None
+    # The request's total: fixed when the layers were built, or (a retry
+    # middleware alone, without total=) the session's ClientTimeout's.
+    session_total = retry is not None and retry.fixed_total is None
+    fixed_total = (
+        retry.fixed_total if retry is not None else timeout.total if timeout is not None else None
+    )
+    per_host = breaker is not None and breaker.per_host
+    attempt_if_idempotent = timeout is not None and timeout.applies is is_idempotent
     needs_task = timeout is not None or breaker is not None
 
     async def resilient(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
@@ -129,13 +145,21 @@ def pipeline(
         now = loop.time()
         # The request's expiry: its total budget, retries included, within an
         # expiry published by a retry middleware before this one.
-        total = retry.total(req) if retry is not None else fixed_total
+        total = req.session.timeout.total if session_total else fixed_total
         expiry = math.inf if total is None else now + total - TOTAL_MARGIN
         outer = outer_expiry()
         if outer is not None and outer < expiry:
             expiry = outer
-        retryable = retry is not None and retry.start(req, host)
-        bounded = timeout is not None and timeout.applies(req)
+        idempotent = is_idempotent(req)
+        retryable = False
+        if retry is not None:
+            host.pending += 1  # into the host's retry budget, in batches
+            if now >= host.deposit_at:
+                retry.deposit(host, now)
+            retryable = idempotent and replayable(req)
+        bounded = timeout is not None and (
+            idempotent if attempt_if_idempotent else timeout.applies(req)
+        )
         task = asyncio.current_task(loop) if needs_task else None
         published = publish_expiry(expiry) if expiry_for_later else None
         state: RetryState | None = None
@@ -143,7 +167,10 @@ def pipeline(
             while True:
                 # Admission, in order: the breaker, then the attempt's bound
                 # (which may raise: no time left), then what goes on the wire.
-                br = breaker.pick(req, host) if breaker is not None else None
+                if per_host:
+                    br = host.breaker
+                else:
+                    br = breaker.pick(req, host) if breaker is not None else None
                 if br is not None:
                     began = br._clock()
                     try:
@@ -207,7 +234,10 @@ def pipeline(
                     if bounded and not failed:
                         learned = host.learned
                         if learned is not None:
-                            learned.observe(loop.time() - now)
+                            ended = loop.time()
+                            if ended >= learned.next_sample:
+                                learned.next_sample = ended + learned.gap
+                                learned.observe(ended - now)
                     if status not in statuses:
                         host.streak = 0
                         return response

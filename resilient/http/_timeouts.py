@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTEMPT_FLOOR",
     "ATTEMPT_MULTIPLE",
+    "ATTEMPT_SAMPLE_GAP",
     "TOTAL_MARGIN",
     "AttemptTimeoutError",
     "TimeoutLayer",
@@ -82,6 +83,9 @@ ATTEMPT_FLOOR: Final = 0.05
 ATTEMPT_SAMPLES: Final = 256
 ATTEMPT_FIRST: Final = 32
 ATTEMPT_RELEARN: Final = 64
+#: Once learned, at most one answer per this many seconds is sampled (4,000 a
+#: second): at higher rates a sample describes the host as well, and costs less.
+ATTEMPT_SAMPLE_GAP: Final = 0.00025
 #: The TCP connect timeout by default: one lost SYN is retransmitted after 1 s
 #: (Linux's initial RTO), and a TLS handshake follows.
 SOCK_CONNECT: Final = 2.0
@@ -195,21 +199,28 @@ class _Learned:
     it is ``ceiling`` (the total) until ``ATTEMPT_FIRST`` answers were seen,
     and is learned again every ``ATTEMPT_RELEARN`` answers. Only answers
     shorter than the timeout in force can be seen, so the estimate follows a
-    host that slows down gradually, within the multiple's headroom.
+    host that slows down gradually, within the multiple's headroom. Once
+    learned, the pipeline feeds it at most one answer per ``ATTEMPT_SAMPLE_GAP``.
     """
 
-    __slots__ = ("_ceiling", "_floor", "_recent", "seconds")
+    __slots__ = ("_ceiling", "_floor", "_recent", "gap", "next_sample", "seconds")
 
     def __init__(self, floor: float, ceiling: float) -> None:
         self._floor = floor
         self._ceiling = ceiling
         self._recent = Recent(ATTEMPT_SAMPLES, ATTEMPT_FIRST, ATTEMPT_RELEARN)
         self.seconds = ceiling
+        # The pipeline samples an answer at ``next_sample`` (loop time) or
+        # later, then waits ``gap``: every answer until first learned, then
+        # ATTEMPT_SAMPLE_GAP.
+        self.next_sample = -math.inf
+        self.gap = 0.0
 
     def observe(self, duration: float) -> None:
         if self._recent.add(duration):
             typical = self._recent.quantile(ATTEMPT_QUANTILE)
             self.seconds = min(self._ceiling, max(self._floor, ATTEMPT_MULTIPLE * typical))
+            self.gap = ATTEMPT_SAMPLE_GAP
 
 
 #: A watched attempt: (expiry, its task, which bound, the bound's seconds).

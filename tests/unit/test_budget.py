@@ -41,6 +41,19 @@ def test_requests_buy_retries_at_the_ratio() -> None:
     assert (snap.requests, snap.retries, snap.limit) == (8, 2, 2.0)
 
 
+def test_requests_recorded_in_bulk_count_like_single_ones_and_leave_the_window_too() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.25, min_per_second=0.0, window=10.0, clock=clock)
+    budget.record_requests(6)
+    budget.record_request()
+    budget.record_requests(0)  # nothing
+    budget.record_request()
+    assert budget.snapshot().requests == 8
+    assert [budget.allow_retry() for _ in range(3)] == [True, True, False]
+    clock.now = 10.0  # the bucket they were recorded in leaves the window
+    assert budget.snapshot().requests == 0
+
+
 def test_a_refused_retry_counts_nothing() -> None:
     budget = RetryBudget(ratio=0.0, min_per_second=0.0, window=1.0, clock=FakeClock())
     assert not budget.allow_retry()

@@ -11,7 +11,7 @@ from resilient.deadline import deadline
 from resilient.errors import CircuitOpenError, ConfigError, DeadlineExceeded
 from resilient.http import IDEMPOTENT_METHODS, RETRY_STATUSES, Retries, parse_retry_after
 from resilient.http._pipeline import Host
-from resilient.http._retry import STREAK, RetryLayer
+from resilient.http._retry import DEPOSIT_EVERY, STREAK, RetryLayer
 from resilient.retry import RetryState
 
 
@@ -123,3 +123,13 @@ def test_rejections_deadlines_and_non_network_errors_are_never_retried() -> None
     assert not r.worth_retrying(ValueError("bug"))
     assert r.worth_retrying(ConnectionResetError())
     assert r.worth_retrying(TimeoutError())
+
+
+def test_requests_not_yet_deposited_buy_retries_before_the_budget_is_asked() -> None:
+    budget = RetryBudget(ratio=0.5, min_per_second=0.0, window=10.0, clock=FakeClock())
+    r, host = retrier(budget=budget)
+    host.pending = 2  # counted by the pipeline, due in the budget within DEPOSIT_EVERY
+    assert r.plan(failed(), None, 0.0, 10.0, host) == 0.01
+    assert (host.pending, budget.snapshot().requests) == (0, 2)
+    assert host.deposit_at == DEPOSIT_EVERY  # the next batch is due then
+    assert r.plan(failed(), None, 0.0, 10.0, host) is None  # 2 requests buy one retry

@@ -15,6 +15,7 @@ from resilient.http._timeouts import (
     ATTEMPT_FLOOR,
     ATTEMPT_MULTIPLE,
     ATTEMPT_RELEARN,
+    ATTEMPT_SAMPLE_GAP,
     ATTEMPT_SAMPLES,
     Entry,
     Watchdog,
@@ -184,3 +185,11 @@ async def test_two_attempts_of_one_task_are_watched_apart() -> None:
     await asyncio.wait([task], timeout=5.0)
     assert task.cancelled()  # the outer attempt's bound still held
     assert watchdog.release("outer") is not None
+
+
+def test_every_answer_feeds_it_until_first_learned_then_a_sample_of_them() -> None:
+    learned = _Learned(ATTEMPT_FLOOR, 2.0)
+    feed(learned, [0.002] * (ATTEMPT_FIRST - 1))
+    assert learned.gap == 0.0  # the pipeline samples every answer
+    learned.observe(0.002)
+    assert learned.gap == ATTEMPT_SAMPLE_GAP
