@@ -23,8 +23,9 @@ them around aiohttp's handler in one coroutine:
   admits it (or the request fails with ``HostCircuitOpenError``) and is told
   how it ended: 5xx and 429 are failures.
 - timeout (``TimeoutLayer``): ``arm`` bounds the attempt on the layer's
-  watchdog; ``release`` ends the bound and says whether it cut the attempt,
-  which then fails with ``AttemptTimeoutError`` before the breaker judges it.
+  ``Watchdog``, whose ``release`` ends the bound and says whether it cut the
+  attempt, which then fails with ``AttemptTimeoutError`` before the breaker
+  judges it.
 - propagation (``Propagation``): ``write`` puts the gray tag and the deadline
   header on the attempt.
 
@@ -156,7 +157,7 @@ def pipeline(
             host.pending += 1  # into the host's retry budget, in batches
             if now >= host.deposit_at:
                 retry.deposit(host, now)
-            retryable = idempotent and replayable(req)
+            retryable = idempotent  # and its body replayable, checked when it comes to that
         bounded = timeout is not None and (
             idempotent if attempt_if_idempotent else timeout.applies(req)
         )
@@ -177,11 +178,12 @@ def pipeline(
                         ticket = br._begin(began, task)
                     except CircuitOpenError as exc:
                         raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
-                bound = None
+                bound = watchdog = None
                 if timeout is not None:
                     assert task is not None
                     cancelling = task.cancelling()
                     bound = timeout.arm(req, bounded, host, task, now, expiry, br)
+                    watchdog = timeout.watchdog
                 if propagation is not None:
                     propagation.write(req, bound, host.text)
                 published_guard = guarding(br) if guard_for_later and br is not None else None
@@ -194,7 +196,7 @@ def pipeline(
                     # Inside out: the bound names a timeout, the breaker counts
                     # the attempt, the retry layer decides whether to ask again.
                     error: BaseException = raised
-                    cut = timeout.release(req) if bound is not None and timeout else None
+                    cut = watchdog.release(req) if bound is not None and watchdog else None
                     if cut is not None:
                         assert task is not None
                         if task.uncancel() <= cancelling and isinstance(
@@ -224,7 +226,7 @@ def pipeline(
                         _raise(error, raised)
                     del raised, error
                 else:
-                    if bound is not None and timeout is not None and timeout.release(req):
+                    if bound is not None and watchdog is not None and watchdog.release(req):
                         assert task is not None
                         task.uncancel()  # it was cut, but the answer came first
                     status = response.status

@@ -298,7 +298,7 @@ class TimeoutLayer:
     each host's learned attempt timeout lives in its ``Host``.
     """
 
-    __slots__ = ("_fixed", "_floor", "_learn", "_watchdog", "applies", "total")
+    __slots__ = ("_fixed", "_floor", "_learn", "applies", "total", "watchdog")
 
     def __init__(self, timeouts: Timeouts, applies: Callable[[ClientRequest], bool]) -> None:
         self.total = timeouts.total
@@ -307,7 +307,7 @@ class TimeoutLayer:
         self._fixed = attempt if isinstance(attempt, float) else math.inf
         self._floor = min(ATTEMPT_FLOOR, timeouts.total)
         self.applies = applies  # which requests get the attempt timeout
-        self._watchdog: Watchdog | None = None
+        self.watchdog: Watchdog | None = None  # made on first use, on the session's loop
 
     def adopt(self, host: Host, req: ClientRequest) -> None:
         if self._learn:
@@ -356,16 +356,11 @@ class TimeoutLayer:
             raise _expired(req, kind, 0.0)
         if limit == math.inf:
             return None
-        watchdog = self._watchdog
+        watchdog = self.watchdog
         if watchdog is None:
-            watchdog = self._watchdog = Watchdog(req.loop)
+            watchdog = self.watchdog = Watchdog(req.loop)
         watchdog.watch(req, (now + limit, task, kind, limit))
         return limit
-
-    def release(self, req: ClientRequest) -> Entry | None:
-        """End the attempt's bound; its entry if the bound cut it, else None."""
-        assert self._watchdog is not None  # armed
-        return self._watchdog.release(req)
 
 
 def publish_bound(expiry: float) -> Token[float | None]:
