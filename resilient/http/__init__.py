@@ -24,7 +24,12 @@ from resilient.http._breaker import (
     route_key,
 )
 from resilient.http._profiles import PROFILES, Profile, profile
-from resilient.http._propagation import deadline_propagation, gray_propagation, propagation
+from resilient.http._propagation import (
+    Propagation,
+    deadline_propagation,
+    gray_propagation,
+    propagation,
+)
 from resilient.http._retry import (
     IDEMPOTENT_METHODS,
     RETRY_STATUSES,
@@ -49,6 +54,7 @@ __all__ = [
     "AttemptTimeoutError",
     "HostCircuitOpenError",
     "Profile",
+    "Propagation",
     "Retries",
     "Timeouts",
     "attempt_bound",

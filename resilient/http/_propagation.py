@@ -71,7 +71,15 @@ def _put_deadline(
 
 
 class Propagation:
-    """The propagation step of the HTTP pipeline (``propagation()``'s, given the bound)."""
+    """What ``session(propagate=...)`` writes on every attempt: the gray tag and the deadline.
+
+    ``Propagation(deadline_header="x-budget-ms")`` renames a header; the
+    defaults are ``propagation()``'s. It is the propagation step of the HTTP
+    pipeline, which hands it the attempt's bound.
+
+    Raises:
+        ValueError: (``ConfigError``) a header name or the key is not valid.
+    """
 
     __slots__ = ("_deadline", "_gray", "_key")
 

@@ -43,7 +43,7 @@ def session(
     breaker: BreakerConfig | Mapping[str, Any] | bool | None = True,
     *,
     per: Key = "host",
-    propagate: bool = True,
+    propagate: bool | Propagation = True,
     **client_session_kwargs: Any,
 ) -> aiohttp.ClientSession:
     """A tuned ``aiohttp.ClientSession``: pool profile, layered timeouts, client middlewares.
@@ -61,7 +61,8 @@ def session(
             ``BreakerConfig`` or mapping of fields over them (the breakers'
             creator defaults), or ``False``/``None`` for no breaker.
         per: ``"host"``, ``"route"`` or a callable naming a request's breaker.
-        propagate: write the gray tag and the deadline header on every attempt.
+        propagate: write the gray tag and the deadline header on every attempt
+            (``True``), with other header names (a ``Propagation``), or not.
         client_session_kwargs: passed to ``aiohttp.ClientSession``;
             ``middlewares`` run after this layer's, ``connector`` replaces the
             profile's (then ``profile`` must be left at its default), and
@@ -88,7 +89,7 @@ def session(
         retry=None if plan is None else retry_layer(plan, total=timeouts.total),
         breaker=guarded,
         timeout=timeout_layer(timeouts, applies=is_idempotent if plan is not None else _never),
-        propagation=Propagation() if propagate else None,
+        propagation=_propagation(propagate),
     )
     middlewares: list[ClientMiddlewareType] = [middleware]
     extra: Sequence[ClientMiddlewareType] = client_session_kwargs.pop("middlewares", ())
@@ -121,6 +122,20 @@ def _retries(value: Retries | int | bool | None) -> Retries | None:
     raise ConfigError(
         f"retries must be a Retries, a number of attempts, True or False, got {value!r}",
         field="retries",
+        value=value,
+    )
+
+
+def _propagation(value: bool | Propagation) -> Propagation | None:
+    if isinstance(value, Propagation):
+        return value
+    if value is True:
+        return Propagation()
+    if value is False:
+        return None
+    raise ConfigError(
+        f"propagate must be True, False or a Propagation, got {value!r}",
+        field="propagate",
         value=value,
     )
 

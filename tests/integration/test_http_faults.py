@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from resilient.errors import CircuitOpenError
+from resilient.errors import CircuitOpenError, ConfigError
 from resilient.http import (
     AttemptTimeoutError,
     HostCircuitOpenError,
+    Propagation,
     Retries,
     Timeouts,
     session,
@@ -343,7 +344,12 @@ async def echo() -> AsyncIterator[str]:
         return web.Response(text=request.headers.get("x-request-timeout-ms", "-"))
 
     app = web.Application()
+
+    async def budget(request: web.Request) -> web.Response:
+        return web.Response(text=request.headers.get("x-budget-ms", "-"))
+
     app.router.add_get("/", handler)
+    app.router.add_get("/budget", budget)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -389,6 +395,13 @@ async def test_stacked_middlewares_hand_the_bound_to_a_later_deadline_header(
         assert 150 < int(await _header(s, echo)) <= 250
     async with session(hub=hub, timeouts=Timeouts(total=2.0, attempt=0.25), propagate=False) as s:
         assert await _header(s, echo) == "-"  # nothing written by the session itself
+    renamed = Propagation(deadline_header="x-budget-ms")
+    async with session(hub=hub, timeouts=Timeouts(total=2.0, attempt=0.25), propagate=renamed) as s:
+        assert await _header(s, echo) == "-"  # the echo reads x-request-timeout-ms only
+        async with s.get(f"{echo}budget") as resp:
+            assert 150 < int(await resp.text()) <= 250
+    with pytest.raises(ConfigError, match="propagate"):
+        session(hub=hub, propagate="yes")  # type: ignore[arg-type]
 
 
 async def test_the_deadline_clips_every_timeout_and_is_not_the_hosts_failure(
