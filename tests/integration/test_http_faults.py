@@ -162,6 +162,22 @@ async def test_slow_headers_cost_one_attempt_timeout_per_attempt(
         assert in_use(s) == 0
 
 
+async def test_a_hung_post_fails_at_the_total_as_a_failure_of_the_host(
+    upstream: Upstream, hub: Hub
+) -> None:
+    upstream.set(hang=1.0)
+    async with session(hub=hub, timeouts=Timeouts(total=0.5)) as s:
+        started = time.monotonic()
+        with pytest.raises(AttemptTimeoutError) as info:
+            async with s.post(upstream.url, data=b"x"):
+                pass
+        assert 0.4 < time.monotonic() - started < 1.5  # the total, not aiohttp's own timer
+        assert info.value.bound == "total"
+        assert in_use(s) == 0
+        assert hub.breaker(breaker_of(hub, upstream)).snapshot().failures == 1
+        assert upstream.hits == 1  # not retried
+
+
 async def test_slow_body_is_bounded_by_sock_read_and_by_the_deadline(
     upstream: Upstream, hub: Hub
 ) -> None:
