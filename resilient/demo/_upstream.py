@@ -1,0 +1,95 @@
+"""The upstream of the demo and the benchmarks, in a process of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["UpstreamProcess"]
+
+#: The directory holding the ``resilient`` package, for the child's PYTHONPATH.
+_SOURCE: Final = str(Path(__file__).resolve().parents[2])
+
+
+class UpstreamProcess:
+    """``python -m resilient.testing.upstream`` in a child process, steered over HTTP.
+
+    Needs only the standard library and aiohttp (no mirakuru): the child
+    picks a free port and prints its URL. Use as ``async with``.
+    """
+
+    def __init__(self, *, seed: int = 1, start_timeout: float = 15.0) -> None:
+        self._seed = seed
+        self._start_timeout = start_timeout
+        self._proc: asyncio.subprocess.Process | None = None
+        self._control: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> UpstreamProcess:
+        import aiohttp
+
+        source = _SOURCE
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "resilient.testing.upstream",
+            "--port",
+            "0",
+            "--seed",
+            str(self._seed),
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        try:
+            assert self._proc.stdout is not None
+            line = await asyncio.wait_for(self._proc.stdout.readline(), self._start_timeout)
+            found = re.search(rb"http://[0-9.]+:[0-9]+", line)
+            if found is None:
+                raise RuntimeError(f"the upstream did not start: {line!r}")
+            self.url = found.group().decode()
+            self._control = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        if self._control is not None:
+            await self._control.close()
+            self._control = None
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def apply(self, behaviour: Mapping[str, Any]) -> None:
+        """Install a behaviour (a JSON object of ``Behaviour`` fields)."""
+        assert self._control is not None
+        async with self._control.post(f"{self.url}/_control", json=dict(behaviour)) as resp:
+            if resp.status != 200:
+                raise ValueError(f"the upstream refused the behaviour: {await resp.text()}")
+
+    async def hits(self) -> dict[str, int]:
+        """Requests received so far, per path."""
+        assert self._control is not None
+        async with self._control.get(f"{self.url}/_stats") as resp:
+            data = await resp.json()
+        return {str(k): int(v) for k, v in data["by_path"].items()}
