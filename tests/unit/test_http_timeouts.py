@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 
 import aiohttp
 import pytest
@@ -193,3 +194,34 @@ def test_every_answer_feeds_it_until_first_learned_then_a_sample_of_them() -> No
     assert learned.gap == 0.0  # the pipeline samples every answer
     learned.observe(0.002)
     assert learned.gap == ATTEMPT_SAMPLE_GAP
+
+
+async def test_many_attempts_are_each_cut_at_their_own_expiry_never_before() -> None:
+    loop = asyncio.get_running_loop()
+    watchdog = Watchdog(loop)
+    rng = random.Random(7)
+    cut_at: dict[int, float] = {}
+
+    async def attempt(key: int) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cut_at[key] = loop.time()
+            raise
+
+    expiries: dict[int, float] = {}
+    tasks = []
+    for key in range(300):  # added in random order: earlier expiries re-arm the timer
+        task = asyncio.create_task(attempt(key))
+        tasks.append(task)
+        expiries[key] = loop.time() + rng.uniform(0.01, 0.3)
+        watchdog.watch(key, entry(task, expiries[key]))
+        if key % 50 == 0:
+            await asyncio.sleep(0)  # let some attempts start and the timer run meanwhile
+    await asyncio.wait(tasks, timeout=10.0)
+    assert all(task.cancelled() for task in tasks)
+    for key, expiry in expiries.items():
+        assert cut_at[key] >= expiry  # never early
+        assert cut_at[key] < expiry + 2.0  # and not left hanging (generous: a shared machine)
+        assert watchdog.release(key) is not None
+    assert not watchdog.entries
