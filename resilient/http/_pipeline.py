@@ -166,18 +166,13 @@ def pipeline(
         state: RetryState | None = None
         try:
             while True:
-                # Admission, in order: the breaker, then the attempt's bound
-                # (which may raise: no time left), then what goes on the wire.
+                # Before the call: the attempt's bound (no time left: it fails
+                # uncounted, never sent), what goes on the wire, then the
+                # breaker's admission; nothing between that and the call can fail.
                 if per_host:
                     br = host.breaker
                 else:
                     br = breaker.pick(req, host) if breaker is not None else None
-                if br is not None:
-                    began = br._clock()
-                    try:
-                        ticket = br._begin(began, task)
-                    except CircuitOpenError as exc:
-                        raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
                 bound = watchdog = None
                 if timeout is not None:
                     assert task is not None
@@ -186,6 +181,14 @@ def pipeline(
                     watchdog = timeout.watchdog
                 if propagation is not None:
                     propagation.write(req, bound, host.text)
+                if br is not None:
+                    began = br._clock()
+                    try:
+                        ticket = br._begin(began, task)
+                    except CircuitOpenError as exc:
+                        if bound is not None and watchdog is not None:
+                            watchdog.release(req)
+                        raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
                 published_guard = guarding(br) if guard_for_later and br is not None else None
                 published_bound = (
                     publish_bound(now + bound) if bound_for_later and bound is not None else None

@@ -178,6 +178,22 @@ async def test_a_hung_post_fails_at_the_total_as_a_failure_of_the_host(
         assert upstream.hits == 1  # not retried
 
 
+async def test_an_attempt_with_no_time_left_is_neither_sent_nor_counted(
+    upstream: Upstream, hub: Hub
+) -> None:
+    from resilient.deadline import deadline
+    from resilient.errors import DeadlineExceeded
+
+    async with session(hub=hub, timeouts=Timeouts(total=2.0)) as s:
+        assert await get(s, upstream.url) == 200
+        upstream.reset_stats()
+        with deadline(0.0), pytest.raises(DeadlineExceeded):  # a plain with: no timer
+            await get(s, upstream.url)
+        assert upstream.hits == 0
+        snap = hub.breaker(breaker_of(hub, upstream)).snapshot()
+        assert (snap.calls, snap.failures, snap.running) == (1, 0, 0)  # no ticket left behind
+
+
 async def test_slow_body_is_bounded_by_sock_read_and_by_the_deadline(
     upstream: Upstream, hub: Hub
 ) -> None:
