@@ -168,7 +168,7 @@ def pipeline(
             while True:
                 # Before the call: the attempt's bound (no time left: it fails
                 # uncounted, never sent), what goes on the wire, then the
-                # breaker's admission; nothing between that and the call can fail.
+                # breaker's admission; from there to the call nothing can fail.
                 if per_host:
                     br = host.breaker
                 else:
@@ -179,16 +179,18 @@ def pipeline(
                     cancelling = task.cancelling()
                     bound = timeout.arm(req, bounded, host, task, now, expiry, br)
                     watchdog = timeout.watchdog
-                if propagation is not None:
-                    propagation.write(req, bound, host.text)
-                if br is not None:
-                    began = br._clock()
-                    try:
+                try:
+                    if propagation is not None:
+                        propagation.write(req, bound, host.text)
+                    if br is not None:
+                        began = br._clock()
                         ticket = br._begin(began, task)
-                    except CircuitOpenError as exc:
-                        if bound is not None and watchdog is not None:
-                            watchdog.release(req)
+                except BaseException as exc:
+                    if bound is not None and watchdog is not None:
+                        watchdog.release(req)  # the attempt will not be made
+                    if isinstance(exc, CircuitOpenError):
                         raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
+                    raise
                 published_guard = guarding(br) if guard_for_later and br is not None else None
                 published_bound = (
                     publish_bound(now + bound) if bound_for_later and bound is not None else None

@@ -194,6 +194,17 @@ async def test_an_attempt_with_no_time_left_is_neither_sent_nor_counted(
         assert (snap.calls, snap.failures, snap.running) == (1, 0, 0)  # no ticket left behind
 
 
+async def test_a_rejected_attempt_leaves_no_bound_behind_to_cut_the_task_later(
+    upstream: Upstream, hub: Hub
+) -> None:
+    async with session(hub=hub, timeouts=Timeouts(total=2.0, attempt=0.05)) as s:
+        assert await get(s, upstream.url) == 200
+        hub.breaker(breaker_of(hub, upstream)).force_open()
+        with pytest.raises(HostCircuitOpenError):
+            await get(s, upstream.url)
+        await asyncio.sleep(0.2)  # past the attempt's bound: a leftover would cancel this
+
+
 async def test_slow_body_is_bounded_by_sock_read_and_by_the_deadline(
     upstream: Upstream, hub: Hub
 ) -> None:
