@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from resilient.demo._command import main
 from resilient.demo._plot import plot
-from resilient.demo._run import Contender, Result, baseline, contender, run
+from resilient.demo._run import Contender, Fetch, Result, StateSink, baseline, contender, run
 from resilient.demo._scenario import FAULTS, Phase, Scenario, scenario
 from resilient.demo._summary import Summary, rows, summarize
 from resilient.demo._upstream import UpstreamProcess
@@ -41,9 +41,11 @@ from resilient.demo._upstream import UpstreamProcess
 __all__ = [
     "FAULTS",
     "Contender",
+    "Fetch",
     "Phase",
     "Result",
     "Scenario",
+    "StateSink",
     "Summary",
     "UpstreamProcess",
     "baseline",
