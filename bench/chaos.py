@@ -2,7 +2,7 @@
 
     python -m bench.chaos [--scenario outage|outage-50|brownout ...] [--out DIR]
 
-An upstream on loopback in its own process (``resilient.demo.UpstreamProcess``)
+An upstream on loopback in its own process (``resilient.demo.AsyncUpstreamProcess``)
 and an open-loop load, one client at a time (each against a fresh upstream,
 so none inherits another's sockets, breaker or counts):
 

@@ -2,7 +2,7 @@
 
     python -m bench.http_throughput [--seconds 3] [--rounds 5]
 
-A healthy upstream on loopback in its own process (``resilient.demo.UpstreamProcess``).
+A healthy upstream on loopback in its own process (``resilient.demo.AsyncUpstreamProcess``).
 Each round runs every client for ``--seconds`` with workers sending GETs
 back to back, in turn, so drift on a shared machine hits them alike; a
 client's figure is its best round. Two regimes:
@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
-from resilient.demo import UpstreamProcess
+from resilient.demo import AsyncUpstreamProcess
 from resilient.http import session
 from resilient.hub import Hub
 
@@ -85,7 +85,7 @@ REGIMES = {"saturated": (0.0, 32), "service": (0.002, 8)}
 
 async def send(name: str, count: int, concurrency: int = 32) -> None:
     """``count`` requests through one client, for an instruction count (no timing)."""
-    async with UpstreamProcess(seed=1) as upstream:
+    async with AsyncUpstreamProcess(seed=1) as upstream:
         url = f"{upstream.url}/bench"
         async with CLIENTS[name]() as s:
             left = count
@@ -104,7 +104,7 @@ async def bench(
     seconds: float, rounds: int, latency: float, concurrency: int
 ) -> dict[str, tuple[float, float]]:
     best: dict[str, tuple[float, float]] = {}
-    async with UpstreamProcess(seed=1) as upstream:
+    async with AsyncUpstreamProcess(seed=1) as upstream:
         await upstream.apply({"latency": latency})
         url = f"{upstream.url}/bench"
         for n in range(rounds):

@@ -36,10 +36,11 @@ from resilient.demo._plot import plot
 from resilient.demo._run import Contender, Fetch, Result, StateSink, baseline, contender, run
 from resilient.demo._scenario import FAULTS, Phase, Scenario, scenario
 from resilient.demo._summary import Summary, rows, summarize
-from resilient.demo._upstream import UpstreamProcess
+from resilient.demo._upstream import AsyncUpstreamProcess
 
 __all__ = [
     "FAULTS",
+    "AsyncUpstreamProcess",
     "Contender",
     "Fetch",
     "Phase",
@@ -47,7 +48,6 @@ __all__ = [
     "Scenario",
     "StateSink",
     "Summary",
-    "UpstreamProcess",
     "baseline",
     "contender",
     "main",

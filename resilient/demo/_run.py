@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from resilient.demo._scenario import Scenario
-from resilient.demo._upstream import UpstreamProcess
+from resilient.demo._upstream import AsyncUpstreamProcess
 
 if TYPE_CHECKING:
     import aiohttp
@@ -134,7 +134,7 @@ async def run(
     cancelled and recorded as ``"unfinished"`` at the time they had taken.
     """
     results = [Result(c.name, scenario) for c in contenders]
-    async with UpstreamProcess(seed=seed) as upstream, contextlib.AsyncExitStack() as stack:
+    async with AsyncUpstreamProcess(seed=seed) as upstream, contextlib.AsyncExitStack() as stack:
         loop = asyncio.get_running_loop()
         origin = 0.0  # set once the clients are open
 
@@ -207,7 +207,7 @@ async def _one(fetch: Fetch, url: str, result: Result, sent: float) -> None:
 
 
 async def _steer(
-    upstream: UpstreamProcess,
+    upstream: AsyncUpstreamProcess,
     scenario: Scenario,
     origin: float,
     results: Sequence[Result],

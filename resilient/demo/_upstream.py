@@ -13,17 +13,20 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["UpstreamProcess"]
+__all__ = ["AsyncUpstreamProcess"]
 
 #: The directory holding the ``resilient`` package, for the child's PYTHONPATH.
 _SOURCE: Final = str(Path(__file__).resolve().parents[2])
 
 
-class UpstreamProcess:
-    """``python -m resilient.testing.upstream`` in a child process, steered over HTTP.
+class AsyncUpstreamProcess:
+    """``python -m resilient.testing.upstream`` in a child process, steered over HTTP, async.
 
-    Needs only the standard library and aiohttp (no mirakuru): the child
-    picks a free port and prints its URL. Use as ``async with``.
+    The demo's and the benchmarks' twin of ``resilient.testing.UpstreamProcess``
+    (blocking calls, mirakuru, for tests): this one needs only the standard
+    library and aiohttp, so the demo runs without the test extras, and never
+    blocks the event loop that drives the load. The child picks a free port
+    and prints its URL. Use as ``async with``.
     """
 
     def __init__(self, *, seed: int = 1, start_timeout: float = 15.0) -> None:
@@ -33,7 +36,7 @@ class UpstreamProcess:
         self._control: aiohttp.ClientSession | None = None
         self.url = ""
 
-    async def __aenter__(self) -> UpstreamProcess:
+    async def __aenter__(self) -> AsyncUpstreamProcess:
         import aiohttp
 
         source = _SOURCE
