@@ -23,6 +23,11 @@ Also printed: the client process's CPU time per request, which is where the
 middlewares' cost shows when the upstream, not the client, is the
 bottleneck. Target: resilient >= 0.95x aiohttp's requests/s.
 
+``--ablation`` adds two clients that show where the cost lies: ``empty``, a
+session with one pass-through middleware (aiohttp's own middleware cost),
+and ``timeout-only``, ``session()`` with retries, breaker and propagation
+off (the pipeline and the per-attempt bound alone).
+
 ``--count N --client NAME`` sends N requests through one client (32
 workers, no timing) and exits: run it under ``valgrind --tool=callgrind``
 for N and 4N and take the difference to count the instructions one request
@@ -40,6 +45,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -51,6 +57,18 @@ Factory = Callable[[], aiohttp.ClientSession]
 CLIENTS: dict[str, Factory] = {
     "aiohttp": aiohttp.ClientSession,
     "resilient": lambda: session(hub=Hub(namespace="bench")),
+}
+
+
+async def _pass(req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> Any:
+    return await handler(req)
+
+
+ABLATIONS: dict[str, Factory] = {
+    "empty": lambda: aiohttp.ClientSession(middlewares=(_pass,)),
+    "timeout-only": lambda: session(
+        hub=Hub(namespace="bench"), retries=False, breaker=False, propagate=False
+    ),
 }
 
 
@@ -101,18 +119,18 @@ async def send(name: str, count: int, concurrency: int = 32) -> None:
 
 
 async def bench(
-    seconds: float, rounds: int, latency: float, concurrency: int
+    clients: dict[str, Factory], seconds: float, rounds: int, latency: float, concurrency: int
 ) -> dict[str, tuple[float, float]]:
     best: dict[str, tuple[float, float]] = {}
     async with AsyncUpstreamProcess(seed=1) as upstream:
         await upstream.apply({"latency": latency})
         url = f"{upstream.url}/bench"
         for n in range(rounds):
-            order = list(CLIENTS) if n % 2 == 0 else list(reversed(CLIENTS))
+            order = list(clients) if n % 2 == 0 else list(reversed(clients))
             for name in order:
-                rate, cpu = await one_round(CLIENTS[name], url, seconds, concurrency)
+                rate, cpu = await one_round(clients[name], url, seconds, concurrency)
                 print(
-                    f"    round {n + 1}: {name:<10} {rate:8.0f} req/s  {cpu * 1e6:5.0f} us CPU/req"
+                    f"    round {n + 1}: {name:<12} {rate:8.0f} req/s  {cpu * 1e6:5.0f} us CPU/req"
                 )
                 if name not in best or rate > best[name][0]:
                     best[name] = (rate, cpu)
@@ -126,19 +144,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--regime", action="append", choices=list(REGIMES))
     parser.add_argument("--count", type=int, help="send this many requests and exit")
     parser.add_argument("--client", choices=list(CLIENTS), default="resilient")
+    parser.add_argument("--ablation", action="store_true", help="add 'empty' and 'timeout-only'")
     args = parser.parse_args(argv)
+    clients = {**CLIENTS, **(ABLATIONS if args.ablation else {})}
     if args.count is not None:
         asyncio.run(send(args.client, args.count))
         return 0
     for regime in args.regime or list(REGIMES):
         latency, concurrency = REGIMES[regime]
         print(f"{regime}: upstream latency {latency * 1000:g} ms, {concurrency} workers")
-        best = asyncio.run(bench(args.seconds, args.rounds, latency, concurrency))
+        best = asyncio.run(bench(clients, args.seconds, args.rounds, latency, concurrency))
         base_rate, base_cpu = best["aiohttp"]
         ours_rate, ours_cpu = best["resilient"]
         ratio = ours_rate / base_rate
-        print(f"  aiohttp    {base_rate:8.0f} req/s  {base_cpu * 1e6:6.0f} us CPU/req")
-        print(f"  resilient  {ours_rate:8.0f} req/s  {ours_cpu * 1e6:6.0f} us CPU/req")
+        for name, (rate, cpu) in best.items():
+            print(
+                f"  {name:<12} {rate:8.0f} req/s  {cpu * 1e6:6.0f} us CPU/req  "
+                f"{rate / base_rate:.3f}x"
+            )
         print(
             f"  ratio {ratio:.3f}x (target >= 0.95x): {'PASS' if ratio >= 0.95 else 'FAIL'}; "
             f"the layers cost {(ours_cpu - base_cpu) * 1e6:+.0f} us CPU per request\n"
