@@ -156,12 +156,34 @@ class RetryBudget:
                 bucket = self._advance_locked(index)
         next(bucket.requests)
 
-    def record_requests(self, count: int) -> None:
-        """Count ``count`` calls at once, for a caller that batches them (takes the lock)."""
-        if count > 0:
-            index = self._index()
-            with self._lock:
-                self._advance_locked(index).batched += count
+    def record_requests(self, count: int, age: float = 0.0) -> None:
+        """Count ``count`` calls made ``age`` seconds ago, at once (takes the lock).
+
+        For a caller that batches its deposits: they go into the bucket of
+        their time, or nowhere if that is outside the window, so a batch
+        held over a quiet spell does not buy retries it should not.
+        """
+        if count <= 0 or not 0.0 <= age < self.window:  # also NaN
+            return
+        now = self._clock()
+        index = int((now - age) // self._width)
+        with self._lock:
+            current = self._advance_locked(int(now // self._width))
+            if index >= current.index:
+                current.batched += count
+                return
+            if index <= current.index - BUCKETS:
+                return  # older than the window (a bucket boundary passed meanwhile)
+            old = self._old  # oldest first; a bucket of the window may not exist yet
+            pos = len(old)
+            while pos > 0 and old[pos - 1].index > index:
+                pos -= 1
+            if pos > 0 and old[pos - 1].index == index:
+                old[pos - 1].batched += count
+            else:
+                bucket = _Bucket(index)
+                bucket.batched = count
+                old.insert(pos, bucket)
 
     # -- the retry path --------------------------------------------------------------
 

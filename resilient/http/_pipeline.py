@@ -50,7 +50,7 @@ from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, Clie
 
 from resilient._deadline_header import LastFormatted
 from resilient.errors import CircuitOpenError
-from resilient.http._breaker import HostCircuitOpenError, guarding
+from resilient.http._breaker import HostCircuitOpenError, guarding, is_failure
 from resilient.http._propagation import Propagation
 from resilient.http._retry import (
     RetryLayer,
@@ -74,16 +74,24 @@ __all__ = ["Host", "Hosts", "Layer", "pipeline"]
 class Host:
     """One session's state for one ``host:port``: each layer keeps its slots here."""
 
-    __slots__ = ("breaker", "budget", "deposit_at", "learned", "pending", "streak", "text")
+    __slots__ = (
+        "breaker",
+        "budget",
+        "deadline_text",
+        "deposit_at",
+        "learned",
+        "pending",
+        "streak",
+    )
 
     def __init__(self) -> None:
         self.breaker: CircuitBreaker | None = None  # the breaker layer's (per host)
         self.budget: RetryBudget | None = None  # the retry layer's budget ...
         self.pending = 0  # ... requests not yet deposited in it ...
-        self.deposit_at = -math.inf  # ... until this loop time ...
+        self.deposit_at = -math.inf  # ... the loop time their batch is due ...
         self.streak = 0  # ... and its count of failed attempts in a row
         self.learned: _Learned | None = None  # the timeout layer's attempt timeout
-        self.text = LastFormatted()  # the deadline header's value of a bound
+        self.deadline_text = LastFormatted()  # the deadline header's value of a bound
 
 
 class Layer(Protocol):
@@ -154,9 +162,9 @@ def pipeline(
         idempotent = is_idempotent(req)
         retryable = False
         if retry is not None:
-            host.pending += 1  # into the host's retry budget, in batches
-            if now >= host.deposit_at:
+            if now >= host.deposit_at:  # the batch so far goes into the host's budget
                 retry.deposit(host, now)
+            host.pending += 1
             retryable = idempotent  # and its body replayable, checked when it comes to that
         bounded = timeout is not None and (
             idempotent if attempt_if_idempotent else timeout.applies(req)
@@ -181,7 +189,7 @@ def pipeline(
                     watchdog = timeout.watchdog
                 try:
                     if propagation is not None:
-                        propagation.write(req, bound, host.text)
+                        propagation.write(req, bound, host.deadline_text)
                     if br is not None:
                         began = br._clock()
                         ticket = br._begin(began, task)
@@ -235,16 +243,12 @@ def pipeline(
                         assert task is not None
                         task.uncancel()  # it was cut, but the answer came first
                     status = response.status
-                    failed = status >= 500 or status == 429  # is_failure, inlined
+                    failed = is_failure(status)
                     if br is not None:
                         br._end(ticket, began, br._clock(), failed, task)
-                    if bounded and not failed:
-                        learned = host.learned
-                        if learned is not None:
-                            ended = loop.time()
-                            if ended >= learned.next_sample:
-                                learned.next_sample = ended + learned.gap
-                                learned.observe(ended - now)
+                    if bounded and not failed and host.learned is not None:
+                        ended = loop.time()
+                        host.learned.observe(ended - now, ended)
                     if status not in statuses:
                         host.streak = 0
                         return response

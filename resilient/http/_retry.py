@@ -11,7 +11,7 @@ One idea: ask again, but only when asking again is safe and affordable.
   a breaker (``RejectedError``), the caller's deadline (``DeadlineExceeded``)
   and cancellation are never retried.
 - Affordable: every request deposits into the host's ``RetryBudget`` (in
-  batches, at most ``DEPOSIT_EVERY`` after it starts) and every retry
+  batches every ``DEPOSIT_EVERY``, each dated when it began) and every retry
   withdraws from it, so retries add at most ``ratio`` to the load
   on a host that is already failing (one budget per ``host:port``). And
   after ``STREAK`` failed attempts in a row at a host, nothing is retried
@@ -84,8 +84,8 @@ MIN_ATTEMPT: Final = 0.005
 #: that answers some requests; one that answers none is down, and another
 #: attempt is only load (and a request sent into an outage).
 STREAK: Final = 5
-#: A host's requests go into its budget in batches, at most this long (seconds)
-#: after they start: one lock per batch instead of a clock read per request.
+#: A host's requests go into its budget in batches, one per this many seconds
+#: at most: one lock per batch instead of a clock read per request.
 DEPOSIT_EVERY: Final = 0.05
 
 _IDEMPOTENCY_KEY: Final = "Idempotency-Key"
@@ -213,10 +213,14 @@ class RetryLayer:
         host.budget = None if self._make_budget is None else self._make_budget()
 
     def deposit(self, host: Host, now: float) -> None:
-        """Put the host's pending requests into its budget; the next batch is due later."""
+        """Put the host's pending requests into its budget; the next batch is due later.
+
+        They arrived since the last batch was due, so they are dated then:
+        at most ``DEPOSIT_EVERY`` early, however long the host was quiet since.
+        """
         budget = host.budget
-        if budget is not None:
-            budget.record_requests(host.pending)
+        if budget is not None and host.pending:
+            budget.record_requests(host.pending, age=now - (host.deposit_at - DEPOSIT_EVERY))
         host.pending = 0
         host.deposit_at = now + DEPOSIT_EVERY
 

@@ -200,27 +200,30 @@ class _Learned:
     and is learned again every ``ATTEMPT_RELEARN`` answers. Only answers
     shorter than the timeout in force can be seen, so the estimate follows a
     host that slows down gradually, within the multiple's headroom. Once
-    learned, the pipeline feeds it at most one answer per ``ATTEMPT_SAMPLE_GAP``.
+    learned, it takes at most one answer per ``ATTEMPT_SAMPLE_GAP``.
     """
 
-    __slots__ = ("_ceiling", "_floor", "_recent", "gap", "next_sample", "seconds")
+    __slots__ = ("_ceiling", "_floor", "_gap", "_next", "_recent", "seconds")
 
     def __init__(self, floor: float, ceiling: float) -> None:
         self._floor = floor
         self._ceiling = ceiling
         self._recent = Recent(ATTEMPT_SAMPLES, ATTEMPT_FIRST, ATTEMPT_RELEARN)
         self.seconds = ceiling
-        # The pipeline samples an answer at ``next_sample`` (loop time) or
-        # later, then waits ``gap``: every answer until first learned, then
-        # ATTEMPT_SAMPLE_GAP.
-        self.next_sample = -math.inf
-        self.gap = 0.0
+        # An answer is taken at ``_next`` (loop time) or later, then the next
+        # one ``_gap`` after it: every answer until first learned, then a sample.
+        self._next = -math.inf
+        self._gap = 0.0
 
-    def observe(self, duration: float) -> None:
+    def observe(self, duration: float, now: float) -> None:
+        """A healthy answer that took ``duration`` ended at ``now`` (loop time)."""
+        if now < self._next:
+            return
+        self._next = now + self._gap
         if self._recent.add(duration):
             typical = self._recent.quantile(ATTEMPT_QUANTILE)
             self.seconds = min(self._ceiling, max(self._floor, ATTEMPT_MULTIPLE * typical))
-            self.gap = ATTEMPT_SAMPLE_GAP
+            self._gap = ATTEMPT_SAMPLE_GAP
 
 
 #: A watched attempt: (expiry, its task, which bound, the bound's seconds).

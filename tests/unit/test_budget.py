@@ -54,6 +54,23 @@ def test_requests_recorded_in_bulk_count_like_single_ones_and_leave_the_window_t
     assert budget.snapshot().requests == 0
 
 
+def test_a_batch_goes_into_the_bucket_of_its_time_and_leaves_the_window_with_it() -> None:
+    clock = FakeClock(20.0)
+    budget = RetryBudget(ratio=1.0, min_per_second=0.0, window=10.0, clock=clock)
+    budget.record_request()  # bucket 20
+    budget.record_requests(3, age=8.5)  # bucket 11: made before bucket 20's call
+    budget.record_requests(2, age=5.0)  # bucket 15, between them
+    budget.record_requests(4, age=10.0)  # outside the window: not counted
+    budget.record_requests(4, age=math.inf)
+    assert budget.snapshot().requests == 6
+    clock.now = 21.5  # bucket 11 leaves the window; 15 and 21 stay
+    assert budget.snapshot().requests == 3
+    budget.record_requests(1, age=6.2)  # bucket 15 again: added to it
+    assert budget.snapshot().requests == 4
+    clock.now = 25.5  # bucket 15 leaves
+    assert budget.snapshot().requests == 1
+
+
 def test_a_refused_retry_counts_nothing() -> None:
     budget = RetryBudget(ratio=0.0, min_per_second=0.0, window=1.0, clock=FakeClock())
     assert not budget.allow_retry()

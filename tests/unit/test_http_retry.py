@@ -129,6 +129,7 @@ def test_requests_not_yet_deposited_buy_retries_before_the_budget_is_asked() -> 
     budget = RetryBudget(ratio=0.5, min_per_second=0.0, window=10.0, clock=FakeClock())
     r, host = retrier(budget=budget)
     host.pending = 2  # counted by the pipeline, due in the budget within DEPOSIT_EVERY
+    host.deposit_at = 0.0  # their batch began DEPOSIT_EVERY ago
     assert r.plan(failed(), None, 0.0, 10.0, host) == 0.01
     assert (host.pending, budget.snapshot().requests) == (0, 2)
     assert host.deposit_at == DEPOSIT_EVERY  # the next batch is due then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 
@@ -91,18 +92,26 @@ def test_attempt_timeout_error_is_a_timeout_and_a_client_error() -> None:
 
 def feed(learned: _Learned, durations: list[float]) -> None:
     for d in durations:
-        learned.observe(d)
+        observe(learned, d)
+
+
+def observe(learned: _Learned, duration: float) -> None:
+    """One answer, a second after the last: every one is taken."""
+    learned.observe(duration, float(next(_SECONDS)))
+
+
+_SECONDS = itertools.count(1)
 
 
 def test_learned_attempt_timeout_is_the_total_until_enough_answers() -> None:
     learned = _Learned(ATTEMPT_FLOOR, 2.0)
     feed(learned, [0.002] * (ATTEMPT_FIRST - 1))
     assert learned.seconds == 2.0
-    learned.observe(0.002)
+    observe(learned, 0.002)
     assert learned.seconds == ATTEMPT_FLOOR  # 10 x 2 ms is under the floor
     feed(learned, [0.02] * (ATTEMPT_RELEARN - 1))
     assert learned.seconds == ATTEMPT_FLOOR  # not learned again yet
-    learned.observe(0.02)
+    observe(learned, 0.02)
     assert learned.seconds > ATTEMPT_FLOOR
 
 
@@ -190,10 +199,19 @@ async def test_two_attempts_of_one_task_are_watched_apart() -> None:
 
 def test_every_answer_feeds_it_until_first_learned_then_a_sample_of_them() -> None:
     learned = _Learned(ATTEMPT_FLOOR, 2.0)
-    feed(learned, [0.002] * (ATTEMPT_FIRST - 1))
-    assert learned.gap == 0.0  # the pipeline samples every answer
-    learned.observe(0.002)
-    assert learned.gap == ATTEMPT_SAMPLE_GAP
+    for _ in range(ATTEMPT_FIRST - 1):  # all at once: until learned, every one is taken
+        learned.observe(0.002, 100.0)
+    assert learned._gap == 0.0  # every answer is taken
+    learned.observe(0.002, 100.0)
+    assert learned._gap == ATTEMPT_SAMPLE_GAP
+    assert learned.seconds == ATTEMPT_FLOOR
+    # Now at most one per ATTEMPT_SAMPLE_GAP: a burst of slow answers is one sample.
+    for _ in range(ATTEMPT_RELEARN * 2):
+        learned.observe(0.5, 100.0 + ATTEMPT_SAMPLE_GAP)
+    assert learned.seconds == ATTEMPT_FLOOR
+    for i in range(ATTEMPT_RELEARN * 4):  # spaced out, they are all taken
+        learned.observe(0.5, 101.0 + i * ATTEMPT_SAMPLE_GAP)
+    assert learned.seconds == 2.0
 
 
 async def test_many_attempts_are_each_cut_at_their_own_expiry_never_before() -> None:
