@@ -197,8 +197,6 @@ class CircuitBreaker:
         self._probe_calls = self._probe_failures = self._probe_slow = 0
         self._slow = SlowThreshold(config.slow_call_duration, self._auto_slow)
         self._slow_seconds = self._slow.seconds  # read on the success path
-        if self._slow.learning:
-            self._observers = (self._learn,)  # "auto" learns from every healthy call
         self._window = _new_window(config)
         self._window.advance(now)
         self._flight = InFlight(self._slow.seconds, now)
@@ -250,10 +248,13 @@ class CircuitBreaker:
         """The slow-call limit in force (learned, with ``slow_call_duration="auto"``)."""
         return self._slow_seconds
 
-    def _learn(self, outcome: str, duration: float) -> None:
-        """The observer that feeds "auto" (outside the lock, on the success path too)."""
-        if outcome == "success" and self._slow.observe(duration):
-            now = self._clock()
+    def _learn(self, duration: float, now: float) -> None:
+        """Feed "auto" a healthy call that ended at ``now`` (outside the lock).
+
+        The success paths call it only when a sample is due (``now >=
+        self._slow.next_at``, never for a fixed limit).
+        """
+        if self._slow.observe(duration, now):
             with self._lock:
                 self._slow_seconds = self._slow.seconds
                 self._flight = self._flight.retime(self._slow.seconds, now)
@@ -316,8 +317,6 @@ class CircuitBreaker:
                 self._slow = SlowThreshold(config.slow_call_duration, self._auto_slow)
                 self._slow_seconds = self._slow.seconds
                 self._flight = self._flight.retime(self._slow.seconds, now)
-                others = tuple(o for o in self._observers if o != self._learn)
-                self._observers = (self._learn, *others) if self._slow.learning else others
             if config.cancel_on_open != old.cancel_on_open:
                 self._running = {} if config.cancel_on_open else None
             if self._state is State.HALF_OPEN:
@@ -498,6 +497,8 @@ class CircuitBreaker:
                 flight.counts[ticket % RING] -= 1
                 window = self._window
                 window.counts[window.pos] += 1  # a success (see the windows)
+                if end >= self._slow.next_at:
+                    self._learn(end - now, end)
                 if self._observers:
                     self._observe("success", end - now)
             else:
@@ -555,6 +556,8 @@ class CircuitBreaker:
                 flight.counts[ticket % RING] -= 1
                 window = self._window
                 window.counts[window.pos] += 1  # a success (see the windows)
+                if end >= self._slow.next_at:
+                    self._learn(end - now, end)
                 if self._observers:
                     self._observe("success", end - now)
             else:
@@ -620,6 +623,8 @@ class CircuitBreaker:
             self._flight.counts[ticket % RING] -= 1
             window = self._window
             window.counts[window.pos] += 1
+            if ended >= self._slow.next_at:
+                self._learn(ended - started, ended)
             for observer in self._observers:
                 observer("success", ended - started)
         else:
@@ -727,6 +732,12 @@ class CircuitBreaker:
             effects = self._record_locked(ticket, started, ended, verdict)
         if effects:
             self._carry_out(effects)
+        if (
+            verdict == _COUNT_SUCCESS
+            and ended >= self._slow.next_at
+            and ended - started < self._slow_seconds
+        ):
+            self._learn(ended - started, ended)
         if self._observers:
             duration = ended - started
             if verdict == _RELEASE:

@@ -186,6 +186,6 @@ def remaining() -> float | None:
     return None if scope is None else scope.remaining()
 
 
-def _current() -> deadline | None:
-    """The effective deadline scope (for the layers beneath it), or None."""
-    return _scope.get()
+#: The effective deadline scope (for the layers beneath it), or None: the
+#: variable's own ``get``, so the hot paths pay no Python call for it.
+_current: Callable[[], deadline | None] = _scope.get

@@ -9,16 +9,16 @@ have been seen, the limit is ``ceiling``.
 
 The limit moves only when the learned value differs by more than 20%, so the
 breaker's in-flight tracker (whose slots are cut from the limit) is rebuilt
-rarely.
+rarely. Once learned, it samples: at most one call per ``SAMPLE_GAP``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
-__all__ = ["AutoSlow", "Recent", "SlowThreshold"]
+__all__ = ["SAMPLE_GAP", "AutoSlow", "Recent", "SlowThreshold"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,9 @@ class AutoSlow:
         ceiling: never above this (seconds); also the limit until enough
             calls were seen. Set it below the request timeout.
         samples: how many recent healthy durations the percentile is taken over.
-        min_samples: healthy calls needed before (and between) re-learning.
+        min_samples: healthy calls needed before re-learning, and samples
+            between two re-learnings (after the first, at most one call per
+            ``SAMPLE_GAP`` is a sample).
     """
 
     multiple: float = 4.0
@@ -55,30 +57,47 @@ class AutoSlow:
             )
 
 
+#: Once learned, a learner takes at most one duration per this many seconds
+#: (4,000 a second): at higher rates a sample describes the dependency as
+#: well, and costs the success path less.
+SAMPLE_GAP: Final = 0.00025
+
+
 class Recent:
     """The last ``size`` durations, with a quantile due after ``first``, then every ``every``.
 
     ``add`` is the hot path: a store into a ring and a count; the quantile,
-    a sort of the ring (in C), is taken once per ``every`` durations.
+    a sort of the ring (in C), is taken once per ``every`` durations. Until
+    the first quantile every duration is taken, then at most one per
+    ``gap`` seconds: a duration that ends before ``next_at`` is skipped, and
+    hot callers test ``next_at`` themselves to skip the call.
     """
 
-    __slots__ = ("_count", "_due", "_every", "_ring")
+    __slots__ = ("_count", "_due", "_every", "_gap", "_ring", "_sample_gap", "next_at")
 
-    def __init__(self, size: int, first: int, every: int) -> None:
+    def __init__(self, size: int, first: int, every: int, gap: float = SAMPLE_GAP) -> None:
         self._ring = [0.0] * size
         self._count = 0  # durations seen
         self._due = first  # the count at which a quantile is due next
         self._every = every
+        self._gap = 0.0  # every duration, until the first quantile ...
+        self._sample_gap = gap  # ... then one per this many seconds
+        self.next_at = -math.inf  # when (the caller's clock) the next duration is taken
 
-    def add(self, duration: float) -> bool:
-        """Record one duration; True when a quantile is due (the caller takes it)."""
+    def add(self, duration: float, now: float) -> bool:
+        """Record a duration that ended at ``now``; True when a quantile is due (take it)."""
+        if now < self.next_at:
+            return False
         count = self._count
         ring = self._ring
         ring[count % len(ring)] = duration
         self._count = count = count + 1
         if count < self._due:
+            self.next_at = now + self._gap
             return False
         self._due = count + self._every
+        self._gap = self._sample_gap
+        self.next_at = now + self._gap
         return True
 
     def quantile(self, q: float) -> float:
@@ -90,23 +109,25 @@ class Recent:
         return ordered[max(1, math.ceil(q * held)) - 1]
 
 
-class SlowThreshold:
-    """``seconds`` is the limit now; ``learning`` says it is "auto"."""
+class SlowThreshold(Recent):
+    """``seconds`` is the limit now; ``learning`` says it is "auto" (else ``next_at`` is inf)."""
 
-    __slots__ = ("_recent", "auto", "learning", "seconds")
+    __slots__ = ("auto", "learning", "seconds")
 
     def __init__(self, value: float | Literal["auto"], auto: AutoSlow | None = None) -> None:
         self.auto = auto = auto or AutoSlow()
+        super().__init__(auto.samples, auto.min_samples, auto.min_samples)
         self.learning = value == "auto"
         self.seconds = auto.ceiling if value == "auto" else float(value)
-        self._recent = Recent(auto.samples, auto.min_samples, auto.min_samples)
+        if not self.learning:
+            self.next_at = math.inf
 
-    def observe(self, duration: float) -> bool:
-        """Feed a healthy call's duration; True when the limit moved."""
-        if not (self.learning and self._recent.add(duration)):
+    def observe(self, duration: float, now: float) -> bool:
+        """Feed a healthy call's duration, ended at ``now``; True when the limit moved."""
+        if not self.add(duration, now):
             return False
         auto = self.auto
-        p99 = self._recent.quantile(0.99)
+        p99 = self.quantile(0.99)
         learned = min(auto.ceiling, max(auto.floor, auto.multiple * p99))
         if abs(learned - self.seconds) <= 0.2 * self.seconds:
             return False

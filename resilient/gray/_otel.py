@@ -9,7 +9,8 @@ this module on the inbound path.
 
 from __future__ import annotations
 
-from contextvars import Token
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Final
 
 from opentelemetry import baggage, context, trace
@@ -23,6 +24,7 @@ __all__ = [
     "ATTR_TAG",
     "BAGGAGE_KEY",
     "attach_baggage",
+    "current_context",
     "detach",
     "has_context",
     "span_context",
@@ -52,9 +54,26 @@ def detach(token: Token[Context]) -> None:
     context.detach(token)
 
 
+def _context_getter() -> Callable[[], Context]:
+    """The current OpenTelemetry context's reader, as cheap as can be.
+
+    With the default runtime context (context variables) that is the
+    variable's own ``get``, one C call instead of three Python ones; any
+    other runtime context is asked through the API.
+    """
+    variable = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    if isinstance(variable, ContextVar):
+        return variable.get
+    return context.get_current
+
+
+#: The current OpenTelemetry context: empty (false) when no span or baggage is attached.
+current_context: Final = _context_getter()
+
+
 def has_context() -> bool:
     """Whether any OpenTelemetry context (a span, baggage) is attached: a cheap first test."""
-    return bool(context.get_current())
+    return bool(current_context())
 
 
 def span_context() -> SpanContext | None:

@@ -58,7 +58,7 @@ def apply(headers: MutableMapping[str, str], header: str, key: str) -> None:
         key: the tracestate key (validated by the caller).
     """
     inbound = record()
-    if inbound is None and not _otel.has_context():
+    if inbound is None and not _otel.current_context():
         return  # no tag and no trace context: nothing to forward (stable traffic's path)
     tag = None if inbound is None else inbound.tag
     existing = headers.get("traceparent")

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
@@ -77,6 +78,7 @@ class Host:
     __slots__ = (
         "breaker",
         "budget",
+        "clock",
         "deadline_text",
         "deposit_at",
         "learned",
@@ -84,7 +86,8 @@ class Host:
         "streak",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # the loop's (see ``loop_clock``)
         self.breaker: CircuitBreaker | None = None  # the breaker layer's (per host)
         self.budget: RetryBudget | None = None  # the retry layer's budget ...
         self.pending = 0  # ... requests not yet deposited in it ...
@@ -115,11 +118,20 @@ class Hosts:
         key = (url.raw_host, url.port)
         found = self.by_key.get(key)
         if found is None:
-            host = Host()
+            host = Host(loop_clock(req.loop))
             for layer in self._layers:
                 layer.adopt(host, req)
             found = self.by_key.setdefault(key, host)
         return found
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """The loop's clock: for asyncio's own loops, ``time.monotonic`` itself.
+
+    A breaker reading the same clock (the default) then shares the
+    pipeline's readings: one reading at each end of an attempt, not two.
+    """
+    return time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
 
 
 def pipeline(
@@ -146,12 +158,13 @@ def pipeline(
     per_host = breaker is not None and breaker.per_host
     attempt_if_idempotent = timeout is not None and timeout.applies is is_idempotent
     needs_task = timeout is not None or breaker is not None
+    bounds_body = timeout is not None and timeout.bounds_body
 
     async def resilient(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = req.url
         host = by_key.get((url.raw_host, url.port)) or hosts.add(req)
-        loop = req.loop
-        now = loop.time()
+        clock = host.clock
+        now = clock()
         # The request's expiry: its total budget, retries included, within an
         # expiry published by a retry middleware before this one.
         total = req.session.timeout.total if session_total else fixed_total
@@ -169,7 +182,7 @@ def pipeline(
         bounded = timeout is not None and (
             idempotent if attempt_if_idempotent else timeout.applies(req)
         )
-        task = asyncio.current_task(loop) if needs_task else None
+        task = asyncio.current_task(req.loop) if needs_task else None
         published = publish_expiry(expiry) if expiry_for_later else None
         state: RetryState | None = None
         try:
@@ -191,7 +204,7 @@ def pipeline(
                     if propagation is not None:
                         propagation.write(req, bound, host.deadline_text)
                     if br is not None:
-                        began = br._clock()
+                        began = now if br._clock is clock else br._clock()
                         ticket = br._begin(began, task)
                 except BaseException as exc:
                     if bound is not None and watchdog is not None:
@@ -232,33 +245,41 @@ def pipeline(
                     host.streak += 1
                     wait = None
                     if retryable and retry is not None and replayable(req):
-                        now = loop.time()
+                        now = clock()
                         state = _record(state, now, None, error)
                         wait = retry.plan(state, None, now, expiry, host)
                     if wait is None:
                         _raise(error, raised)
                     del raised, error
                 else:
-                    if bound is not None and watchdog is not None and watchdog.release(req):
-                        assert task is not None
-                        task.uncancel()  # it was cut, but the answer came first
+                    if bound is not None and watchdog is not None:
+                        del watchdog.entries[req]  # release(), written out: the success path
+                        if watchdog.cut and req in watchdog.cut:
+                            watchdog.cut.discard(req)
+                            assert task is not None
+                            task.uncancel()  # it was cut, but the answer came first
                     status = response.status
                     failed = is_failure(status)
+                    ended = clock()
                     if br is not None:
-                        br._end(ticket, began, br._clock(), failed, task)
-                    if bounded and not failed and host.learned is not None:
-                        ended = loop.time()
-                        host.learned.observe(ended - now, ended)
+                        br_ended = ended if br._clock is clock else br._clock()
+                        br._end(ticket, began, br_ended, failed, task)
+                    learned = host.learned
+                    if bounded and not failed and learned is not None and ended >= learned.next_at:
+                        learned.observe(ended - now, ended)  # a sample is due
+                    wait = None
                     if status not in statuses:
                         host.streak = 0
-                        return response
-                    host.streak += 1
-                    if not (retryable and retry is not None and replayable(req)):
-                        return response
-                    now = loop.time()
-                    state = _record(state, now, response, None)
-                    wait = retry.plan(state, retry.retry_after(response), now, expiry, host)
+                    else:
+                        host.streak += 1
+                        if retryable and retry is not None and replayable(req):
+                            now = clock()
+                            state = _record(state, now, response, None)
+                            wait = retry.plan(state, retry.retry_after(response), now, expiry, host)
                     if wait is None:
+                        if bounds_body and not response.content.is_eof():
+                            assert timeout is not None
+                            timeout.bound_body(req, response, expiry)
                         return response
                     response.release()  # the connection goes back before we wait
                 finally:
@@ -270,7 +291,7 @@ def pipeline(
                     await asyncio.sleep(wait)
                 assert state is not None  # a retry follows a recorded failure
                 state.advance(wait)
-                now = loop.time()
+                now = clock()
         finally:
             if published is not None:
                 published.var.reset(published)

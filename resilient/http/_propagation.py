@@ -34,6 +34,8 @@ from multidict import CIMultiDict, istr
 from resilient._deadline_header import DEFAULT_HEADER as DEFAULT_DEADLINE_HEADER
 from resilient._deadline_header import check_name, format_ms, parse_ms
 from resilient.deadline import remaining
+from resilient.gray._context import record
+from resilient.gray._otel import current_context
 from resilient.gray._outbound import DEFAULT_HEADER, DEFAULT_KEY, apply
 from resilient.gray._rules import check_key
 
@@ -105,12 +107,17 @@ class Propagation:
             text: formats the header value (``format_ms``, or a memo of it).
         """
         headers = req.headers
-        apply(headers, self._gray, self._key)
+        if record() is not None or current_context():  # else nothing to forward (stable traffic)
+            apply(headers, self._gray, self._key)
         if bound is None:
             bound = remaining()
             if bound is None or math.isinf(bound):
                 return
-        _put_deadline(headers, self._deadline, bound, text)
+        deadline = self._deadline
+        if deadline in headers:  # the caller's own: kept if it is tighter
+            _put_deadline(headers, deadline, bound, text)
+        else:
+            headers[deadline] = text(bound)
 
 
 def gray_propagation(

@@ -96,9 +96,9 @@ Wait = Callable[["RetryCallState"], float]
 _expiry: ContextVar[float | None] = ContextVar("resilient.http.expiry", default=None)
 
 
-def outer_expiry() -> float | None:
-    """The expiry published by a retry middleware before this one, or None."""
-    return _expiry.get()
+#: The expiry published by a retry middleware before this one, or None (the
+#: variable's own ``get``: no Python call on the success path).
+outer_expiry: Callable[[], float | None] = _expiry.get
 
 
 def publish_expiry(expiry: float) -> Token[float | None]:

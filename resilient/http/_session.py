@@ -1,14 +1,20 @@
 """The session factory: one call for a tuned ``aiohttp.ClientSession``.
 
 ``session()`` returns a plain ``aiohttp.ClientSession`` (no subclass) with a
-pool profile's connector, the ``Timeouts`` as its ``ClientTimeout``, and the
-layers as one client middleware (``resilient.http._pipeline``, which has the
-order and why), then the caller's own middlewares:
+pool profile's connector, the ``Timeouts`` as its ``ClientTimeout`` but for
+``total``, and the layers as one client middleware
+(``resilient.http._pipeline``, which has the order and why), then the
+caller's own middlewares:
 
     retry > breaker > per-attempt timeout > propagation > the caller's own
 
 Middlewares passed by the caller run last, closest to the wire (signing,
 for instance, is per attempt).
+
+The total is kept by the pipeline, the body included, on the one timer it
+keeps for every attempt: aiohttp's own total would cost a timer per request,
+about 8% of a request's CPU (docs/benchmarks.md). So ``session.timeout.total``
+reads None; ``Timeouts.total`` is in force all the same.
 """
 
 from __future__ import annotations
@@ -88,7 +94,9 @@ def session(
     middleware = pipeline(
         retry=None if plan is None else retry_layer(plan, total=timeouts.total),
         breaker=guarded,
-        timeout=timeout_layer(timeouts, applies=is_idempotent if plan is not None else _never),
+        timeout=timeout_layer(
+            timeouts, applies=is_idempotent if plan is not None else _never, bounds_body=True
+        ),
         propagation=_propagation(propagate),
     )
     middlewares: list[ClientMiddlewareType] = [middleware]
@@ -104,7 +112,7 @@ def session(
     options = {**chosen.session_options(), **client_session_kwargs}
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=timeouts.client_timeout(),
+        timeout=timeouts.client_timeout(total=False),  # the pipeline keeps it, body included
         middlewares=tuple(middlewares),
         **options,
     )

@@ -24,8 +24,15 @@ attempts), and an expiry fails the attempt with ``AttemptTimeoutError`` (an
 ``aiohttp.ClientError``), which the breaker counts as a failure and the retry
 layer retries. The bound is also what the deadline header carries.
 
-The response body is read after the middlewares return: it is bounded by
-aiohttp (``total``, ``sock_read``) and by an ``async with`` deadline, whose
+The response body is read after the middlewares return, and ``total``
+bounds it too. A middleware alone leaves that to aiohttp's own ``total`` (the
+session's ``ClientTimeout``), which costs a timer per request. ``session()``
+instead gives aiohttp no ``total`` and builds its layer with
+``bounds_body=True``: a body that has not all arrived with the headers goes on
+the same ``Watchdog``, whose expiry fails the waiting read with
+``AttemptTimeoutError`` (``bound="total"``) through the stream's public
+``set_exception``. A body that came with the headers (most answers) costs
+nothing. ``sock_read`` stays aiohttp's, and an ``async with`` deadline's
 timer cancels the read; the connection is released by aiohttp either way.
 
 Concurrency: one event loop. The per-host learners are created on first use
@@ -39,16 +46,17 @@ import math
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import aiohttp
-from aiohttp import ClientMiddlewareType, ClientRequest
+from aiohttp import ClientMiddlewareType, ClientRequest, ClientResponse, StreamReader
 
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded
 from resilient.http._breaker import guard
 from resilient.http._retry import is_idempotent
-from resilient.latency import Recent
+from resilient.latency import SAMPLE_GAP, Recent
 
 if TYPE_CHECKING:
     from resilient.breaker import CircuitBreaker
@@ -85,7 +93,7 @@ ATTEMPT_FIRST: Final = 32
 ATTEMPT_RELEARN: Final = 64
 #: Once learned, at most one answer per this many seconds is sampled (4,000 a
 #: second): at higher rates a sample describes the host as well, and costs less.
-ATTEMPT_SAMPLE_GAP: Final = 0.00025
+ATTEMPT_SAMPLE_GAP: Final = SAMPLE_GAP
 #: The TCP connect timeout by default: one lost SYN is retransmitted after 1 s
 #: (Linux's initial RTO), and a TLS handshake follows.
 SOCK_CONNECT: Final = 2.0
@@ -94,7 +102,7 @@ SOCK_CONNECT: Final = 2.0
 #: (aiohttp's timer, armed a few microseconds earlier, would cancel the task instead).
 TOTAL_MARGIN: Final = 0.002
 
-_ATTEMPT, _TOTAL, _DEADLINE = "attempt", "total", "deadline"
+_ATTEMPT, _TOTAL, _DEADLINE, _BODY = "attempt", "total", "deadline", "body"
 
 #: Loop time at which the current attempt's bound expires, for a deadline header
 #: written by a later middleware (see ``publish_bound``).
@@ -164,14 +172,17 @@ class Timeouts:
         if self.attempt != "auto":
             object.__setattr__(self, "attempt", _seconds("attempt", self.attempt))
 
-    def client_timeout(self) -> aiohttp.ClientTimeout:
-        """The session's ``aiohttp.ClientTimeout``, every layer clipped to ``total``."""
-        total = self.total
+    def client_timeout(self, *, total: bool = True) -> aiohttp.ClientTimeout:
+        """The session's ``aiohttp.ClientTimeout``, every layer clipped to ``total``.
+
+        ``total=False`` leaves the total out, for a session whose timeout
+        layer keeps it (``bounds_body``), as ``session()``'s does.
+        """
         return aiohttp.ClientTimeout(
-            total=total,
-            connect=_clip(self.connect, total),
-            sock_connect=_clip(self.sock_connect, total),
-            sock_read=_clip(self.sock_read, total),
+            total=self.total if total else None,
+            connect=_clip(self.connect, self.total),
+            sock_connect=_clip(self.sock_connect, self.total),
+            sock_read=_clip(self.sock_read, self.total),
         )
 
 
@@ -191,43 +202,41 @@ def attempt_bound(req: ClientRequest) -> float | None:
     return expiry - asyncio.get_running_loop().time()
 
 
-class _Learned:
+class _Learned(Recent):
     """The attempt timeout learned from one host's healthy answers.
 
     ``seconds`` is ``ATTEMPT_MULTIPLE`` times the ``ATTEMPT_QUANTILE`` of the
     last ``ATTEMPT_SAMPLES`` healthy answers, clipped to ``[floor, ceiling]``;
     it is ``ceiling`` (the total) until ``ATTEMPT_FIRST`` answers were seen,
-    and is learned again every ``ATTEMPT_RELEARN`` answers. Only answers
+    and is learned again every ``ATTEMPT_RELEARN`` samples. Only answers
     shorter than the timeout in force can be seen, so the estimate follows a
     host that slows down gradually, within the multiple's headroom. Once
-    learned, it takes at most one answer per ``ATTEMPT_SAMPLE_GAP``.
+    learned, it takes at most one answer per ``ATTEMPT_SAMPLE_GAP``
+    (``Recent``): the pipeline skips the call while ``now < next_at``.
     """
 
-    __slots__ = ("_ceiling", "_floor", "_gap", "_next", "_recent", "seconds")
+    __slots__ = ("_ceiling", "_floor", "seconds")
 
     def __init__(self, floor: float, ceiling: float) -> None:
+        super().__init__(ATTEMPT_SAMPLES, ATTEMPT_FIRST, ATTEMPT_RELEARN, ATTEMPT_SAMPLE_GAP)
         self._floor = floor
         self._ceiling = ceiling
-        self._recent = Recent(ATTEMPT_SAMPLES, ATTEMPT_FIRST, ATTEMPT_RELEARN)
         self.seconds = ceiling
-        # An answer is taken at ``_next`` (loop time) or later, then the next
-        # one ``_gap`` after it: every answer until first learned, then a sample.
-        self._next = -math.inf
-        self._gap = 0.0
 
     def observe(self, duration: float, now: float) -> None:
         """A healthy answer that took ``duration`` ended at ``now`` (loop time)."""
-        if now < self._next:
-            return
-        self._next = now + self._gap
-        if self._recent.add(duration):
-            typical = self._recent.quantile(ATTEMPT_QUANTILE)
+        if self.add(duration, now):
+            typical = self.quantile(ATTEMPT_QUANTILE)
             self.seconds = min(self._ceiling, max(self._floor, ATTEMPT_MULTIPLE * typical))
-            self._gap = ATTEMPT_SAMPLE_GAP
 
 
-#: A watched attempt: (expiry, its task, which bound, the bound's seconds).
-Entry = tuple[float, "asyncio.Task[object]", str, float]
+class _Cuttable(Protocol):
+    def cancel(self) -> object: ...
+
+
+#: A watched attempt: (expiry, its task, which bound, the bound's seconds), or
+#: a body: (expiry, its ``_BodyCut``, "body", the total).
+Entry = tuple[float, _Cuttable, str, float]
 
 
 class Watchdog:
@@ -245,35 +254,47 @@ class Watchdog:
     the cut, so the answer wins. A cut is ``task.cancel()``; ``release``
     tells the attempt it was cut, so it can ``uncancel()`` and fail as a
     timeout (``asyncio.timeout``'s protocol: a caller's own cancellation stays
-    a cancellation).
+    a cancellation). A body's entry is cut by failing its stream, and is
+    dropped then or when the body ends (``forget``): nobody asks after it.
+
+    ``entries`` (key -> entry) and ``cut`` (keys cut, not yet released) are
+    public because the pipeline's success path writes ``watch`` and
+    ``release`` out rather than call them.
     """
 
-    __slots__ = ("_at", "_cut", "_handle", "_loop", "entries")
+    __slots__ = ("_at", "_handle", "_loop", "cut", "entries")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.entries: dict[object, Entry] = {}
-        self._cut: set[object] = set()
+        self.cut: set[object] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer goes off
 
     def watch(self, key: object, entry: Entry) -> None:
         self.entries[key] = entry
-        expiry = entry[0]
-        if expiry < self._at:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._at = expiry
-            self._handle = self._loop.call_at(expiry, self._check)
+        if entry[0] < self._at:
+            self._arm(entry[0])
+
+    def _arm(self, expiry: float) -> None:
+        """Go off at ``expiry``, sooner than the timer was set for."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._at = expiry
+        self._handle = self._loop.call_at(expiry, self._check)
 
     def release(self, key: object) -> Entry | None:
         """End ``key``'s watch; its entry if it was cut, else None."""
         entry = self.entries.pop(key)
-        cut = self._cut
+        cut = self.cut
         if cut and key in cut:
             cut.discard(key)
             return entry
         return None
+
+    def forget(self, key: object) -> None:
+        """End a body's watch, if it is still watched (its stream ended, or the connection went)."""
+        self.entries.pop(key, None)
 
     def _check(self) -> None:
         now = self._loop.time()
@@ -281,7 +302,7 @@ class Watchdog:
         for key, entry in self.entries.items():
             expiry = entry[0]
             if expiry <= now:
-                if key not in self._cut:
+                if key not in self.cut:
                     self._loop.call_soon(self._cut_one, key, entry)
             elif expiry < later:
                 later = expiry
@@ -289,9 +310,28 @@ class Watchdog:
         self._handle = None if later == math.inf else self._loop.call_at(later, self._check)
 
     def _cut_one(self, key: object, entry: Entry) -> None:
-        if self.entries.get(key) is entry and key not in self._cut:
-            self._cut.add(key)
+        if self.entries.get(key) is entry and key not in self.cut:
+            if entry[2] is _BODY:
+                del self.entries[key]
+            else:
+                self.cut.add(key)
             entry[1].cancel()
+
+
+class _BodyCut:
+    """Fails the waiting (and every later) read of a body that ran past the total."""
+
+    __slots__ = ("_content", "_seconds", "_url")
+
+    def __init__(self, content: StreamReader, url: object, seconds: float) -> None:
+        self._content = content
+        self._url = url
+        self._seconds = seconds
+
+    def cancel(self) -> None:
+        content = self._content
+        if content.exception() is None and not content.is_eof():
+            content.set_exception(AttemptTimeoutError(self._url, self._seconds, _TOTAL))
 
 
 class TimeoutLayer:
@@ -301,10 +341,17 @@ class TimeoutLayer:
     each host's learned attempt timeout lives in its ``Host``.
     """
 
-    __slots__ = ("_fixed", "_floor", "_learn", "applies", "total", "watchdog")
+    __slots__ = ("_fixed", "_floor", "_learn", "applies", "bounds_body", "total", "watchdog")
 
-    def __init__(self, timeouts: Timeouts, applies: Callable[[ClientRequest], bool]) -> None:
+    def __init__(
+        self,
+        timeouts: Timeouts,
+        applies: Callable[[ClientRequest], bool],
+        *,
+        bounds_body: bool = False,
+    ) -> None:
         self.total = timeouts.total
+        self.bounds_body = bounds_body  # the total bounds the body here, not in aiohttp
         self._learn = timeouts.attempt == "auto"
         attempt = timeouts.attempt
         self._fixed = attempt if isinstance(attempt, float) else math.inf
@@ -362,8 +409,31 @@ class TimeoutLayer:
         watchdog = self.watchdog
         if watchdog is None:
             watchdog = self.watchdog = Watchdog(req.loop)
-        watchdog.watch(req, (now + limit, task, kind, limit))
+        at = now + limit
+        watchdog.entries[req] = (at, task, kind, limit)  # watch(), written out: the hot path
+        if at < watchdog._at:
+            watchdog._arm(at)
         return limit
+
+    def bound_body(self, req: ClientRequest, response: ClientResponse, expiry: float) -> None:
+        """Bound the rest of ``response``'s body by the request's ``expiry`` (loop time).
+
+        A body that is all here already needs no bound; otherwise its
+        stream is failed at ``expiry`` unless it ends, or its connection is
+        let go, first.
+        """
+        content = response.content
+        if content.is_eof():
+            return  # (the pipeline asks this first)
+        watchdog = self.watchdog
+        if watchdog is None:
+            watchdog = self.watchdog = Watchdog(req.loop)
+        cut = _BodyCut(content, req.url, self.total)
+        watchdog.watch(content, (expiry, cut, _BODY, self.total))
+        done = partial(watchdog.forget, content)
+        content.on_eof(done)
+        if response.connection is not None:
+            response.connection.add_callback(done)
 
 
 def publish_bound(expiry: float) -> Token[float | None]:
@@ -375,15 +445,20 @@ def timeout_layer(
     timeouts: Timeouts | None = None,
     *,
     applies: Callable[[ClientRequest], bool] = is_idempotent,
+    bounds_body: bool = False,
 ) -> TimeoutLayer:
-    """The timeout layer, for ``pipeline`` (see ``timeout_middleware`` for the arguments)."""
+    """The timeout layer, for ``pipeline`` (see ``timeout_middleware`` for the arguments).
+
+    ``bounds_body``: the session's ``ClientTimeout`` has no total (see
+    ``Timeouts.client_timeout``), so the layer bounds the body by it.
+    """
     if timeouts is None:
         timeouts = Timeouts()
     elif not isinstance(timeouts, Timeouts):
         raise ConfigError(
             f"timeouts must be a Timeouts, got {timeouts!r}", field="timeouts", value=timeouts
         )
-    return TimeoutLayer(timeouts, applies)
+    return TimeoutLayer(timeouts, applies, bounds_body=bounds_body)
 
 
 def timeout_middleware(

@@ -92,7 +92,8 @@ async def test_session_is_a_real_client_session_with_the_profile_and_timeouts(
 ) -> None:
     async with session(hub=hub, timeouts=Timeouts(connect=0.5, total=2.0)) as s:
         assert type(s) is aiohttp.ClientSession
-        assert s.timeout == aiohttp.ClientTimeout(total=2.0, connect=0.5, sock_connect=2.0)
+        # The total is the pipeline's to keep (the body included), not aiohttp's.
+        assert s.timeout == aiohttp.ClientTimeout(total=None, connect=0.5, sock_connect=2.0)
         connector = s.connector
         assert isinstance(connector, aiohttp.TCPConnector)
         assert (connector.limit, connector.limit_per_host) == (100, 50)
@@ -224,6 +225,52 @@ async def test_slow_body_is_bounded_by_sock_read_and_by_the_deadline(
             async with deadline(0.3), s.get(upstream.url) as resp:
                 await resp.read()
         assert time.monotonic() - started < 1.5
+        assert in_use(s) == 0
+
+
+async def test_slow_body_is_bounded_by_the_total_in_whichever_task_reads_it(
+    upstream: Upstream, hub: Hub
+) -> None:
+    upstream.set(slow_body=1.0, chunks=10, chunk_delay=0.3)  # 3 s of body
+    async with session(hub=hub, timeouts=Timeouts(total=1.0)) as s:
+        started = time.monotonic()
+        async with s.get(upstream.url) as resp:
+            assert resp.status == 200  # the headers came at once
+            with pytest.raises(AttemptTimeoutError) as caught:
+                await resp.read()
+        assert 0.9 < time.monotonic() - started < 1.8
+        assert caught.value.bound == "total"
+        assert isinstance(caught.value, asyncio.TimeoutError)  # as aiohttp's own total was
+        assert in_use(s) == 0
+
+        # Read by another task, chunk by chunk: the read waiting at the total fails.
+        resp = await s.get(upstream.url)
+        chunks = 0
+
+        async def drain() -> None:
+            nonlocal chunks
+            async for _ in resp.content.iter_any():
+                chunks += 1
+
+        reader = asyncio.create_task(drain())
+        with pytest.raises(AttemptTimeoutError):
+            await reader
+        assert 1 <= chunks < 10
+        with pytest.raises(AttemptTimeoutError):  # and every later read
+            await resp.read()
+        resp.release()
+        assert in_use(s) == 0
+
+
+async def test_a_body_that_ends_in_time_is_not_cut_later(upstream: Upstream, hub: Hub) -> None:
+    upstream.set(slow_body=1.0, chunks=3, chunk_delay=0.1)
+    async with session(hub=hub, timeouts=Timeouts(total=0.6)) as s:
+        async with s.get(upstream.url) as resp:
+            body = await resp.read()
+            await asyncio.sleep(0.5)  # past the request's expiry
+            assert len(body) > 0 and resp.content.exception() is None
+        upstream.recover()
+        assert await get(s, upstream.url) == 200
         assert in_use(s) == 0
 
 

@@ -701,6 +701,36 @@ def test_auto_slow_limit_is_learned_on_the_success_path() -> None:
     assert br.snapshot().slow_calls == 1  # judged against the learned limit
 
 
+def test_once_learned_auto_takes_a_sample_of_the_calls_not_all_of_them() -> None:
+    from resilient.latency import SAMPLE_GAP, AutoSlow
+
+    clock = Clock()
+    br = CircuitBreaker(
+        "sampled",
+        BreakerConfig(slow_call_duration="auto", window_size=600, buckets=60),
+        clock=clock,
+        auto_slow=AutoSlow(multiple=4.0, floor=0.01, ceiling=2.0, min_samples=32),
+    )
+    for _ in range(32):  # until first learned, every call is taken
+        permit = br.acquire()
+        clock.advance(0.005)
+        permit.success()
+    assert br.slow_call_seconds == pytest.approx(0.02)
+    # A burst that ends at one instant is one sample: 100 calls of 15 ms move nothing.
+    clock.advance(1.0)
+    permits = [br.acquire() for _ in range(100)]
+    clock.advance(0.015)
+    for permit in permits:
+        permit.success()
+    assert br.slow_call_seconds == pytest.approx(0.02)
+    # The same calls one after another end at least SAMPLE_GAP apart: all are taken.
+    for _ in range(100):
+        permit = br.acquire()
+        clock.advance(max(0.015, SAMPLE_GAP))
+        permit.success()
+    assert br.slow_call_seconds == pytest.approx(0.06)
+
+
 async def test_the_deadline_rule_can_be_replaced() -> None:
     br = CircuitBreaker(
         "strict",

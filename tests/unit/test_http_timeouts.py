@@ -201,9 +201,9 @@ def test_every_answer_feeds_it_until_first_learned_then_a_sample_of_them() -> No
     learned = _Learned(ATTEMPT_FLOOR, 2.0)
     for _ in range(ATTEMPT_FIRST - 1):  # all at once: until learned, every one is taken
         learned.observe(0.002, 100.0)
-    assert learned._gap == 0.0  # every answer is taken
+    assert learned.next_at == 100.0  # every answer is taken
     learned.observe(0.002, 100.0)
-    assert learned._gap == ATTEMPT_SAMPLE_GAP
+    assert learned.next_at == 100.0 + ATTEMPT_SAMPLE_GAP
     assert learned.seconds == ATTEMPT_FLOOR
     # Now at most one per ATTEMPT_SAMPLE_GAP: a burst of slow answers is one sample.
     for _ in range(ATTEMPT_RELEARN * 2):
