@@ -58,9 +58,10 @@ class AutoSlow:
 
 
 #: Once learned, a learner takes at most one duration per this many seconds
-#: (4,000 a second): at higher rates a sample describes the dependency as
-#: well, and costs the success path less.
-SAMPLE_GAP: Final = 0.00025
+#: (1,000 a second; 256 samples then span a quarter of a second or more): at
+#: higher rates a sample describes the dependency as well, and costs the
+#: success path less.
+SAMPLE_GAP: Final = 0.001
 
 
 class Recent:

@@ -91,8 +91,9 @@ ATTEMPT_FLOOR: Final = 0.05
 ATTEMPT_SAMPLES: Final = 256
 ATTEMPT_FIRST: Final = 32
 ATTEMPT_RELEARN: Final = 64
-#: Once learned, at most one answer per this many seconds is sampled (4,000 a
-#: second): at higher rates a sample describes the host as well, and costs less.
+#: Once learned, at most one answer per this many seconds is sampled (1,000 a
+#: second, ``resilient.latency.SAMPLE_GAP``): at higher rates a sample
+#: describes the host as well, and costs less.
 ATTEMPT_SAMPLE_GAP: Final = SAMPLE_GAP
 #: The TCP connect timeout by default: one lost SYN is retransmitted after 1 s
 #: (Linux's initial RTO), and a TLS handshake follows.
