@@ -11,7 +11,15 @@ import subprocess
 import sys
 
 MICRO = ["breaker_overhead", "policy_overhead", "telemetry_cost"]
-ALL = [*MICRO, "redis_store", "gray_asgi", "etcd_reload", "http_throughput", "chaos"]
+ALL = [
+    *MICRO,
+    "redis_store",
+    "gray_asgi",
+    "etcd_reload",
+    "http_throughput",
+    "instructions",
+    "chaos",
+]
 
 
 def main(argv: list[str]) -> int:

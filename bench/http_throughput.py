@@ -121,7 +121,7 @@ async def send(name: str, count: int, concurrency: int = 32) -> None:
     """``count`` requests through one client, for an instruction count (no timing)."""
     async with AsyncUpstreamProcess(seed=1) as upstream:
         url = f"{upstream.url}/bench"
-        async with CLIENTS[name]() as s:
+        async with {**CLIENTS, **ABLATIONS}[name]() as s:
             left = count
 
             async def worker() -> None:
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--regime", action="append", choices=list(REGIMES))
     parser.add_argument("--count", type=int, help="send this many requests and exit")
-    parser.add_argument("--client", choices=list(CLIENTS), default="resilient")
+    parser.add_argument("--client", choices=[*CLIENTS, *ABLATIONS], default="resilient")
     parser.add_argument("--ablation", action="store_true", help="add 'empty' and 'timeout-only'")
     args = parser.parse_args(argv)
     clients = {**CLIENTS, **(ABLATIONS if args.ablation else {})}
