@@ -1,8 +1,9 @@
 """Requests per second through ``resilient.http.session`` against a bare aiohttp session.
 
-    python -m bench.http_throughput [--seconds 3] [--rounds 5]
+    python -m bench.http_throughput [--seconds 2] [--rounds 10]
 
-A healthy upstream on loopback in its own process (``resilient.demo.AsyncUpstreamProcess``).
+A healthy upstream on loopback in its own process (``resilient.demo.AsyncUpstreamProcess``),
+pinned to one CPU and the client to another.
 Each round runs every client for ``--seconds`` with workers sending GETs
 back to back, in turn, so drift on a shared machine hits them alike; a
 client's figure is its best round, and beside it the median over rounds of
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -134,6 +136,23 @@ async def send(name: str, count: int, concurrency: int = 32) -> None:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+#: The CPUs this process may run on, read before it pins itself to one of them.
+_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def pin_apart(upstream: AsyncUpstreamProcess) -> str:
+    """The upstream on one CPU, this client on another, so neither's scheduling moves the other.
+
+    Returns how they were placed, for the report.
+    """
+    cpus = _CPUS
+    if len(cpus) < 2:
+        return "not pinned (fewer than two CPUs)"
+    os.sched_setaffinity(upstream.pid, {cpus[-1]})
+    os.sched_setaffinity(0, {cpus[0]})
+    return f"client on CPU {cpus[0]}, upstream on CPU {cpus[-1]}"
+
+
 async def bench(
     clients: dict[str, Factory], seconds: float, rounds: int, latency: float, concurrency: int
 ) -> tuple[dict[str, tuple[float, float]], dict[str, list[float]]]:
@@ -141,6 +160,7 @@ async def bench(
     best: dict[str, tuple[float, float]] = {}
     every: dict[str, list[float]] = {name: [] for name in clients}
     async with AsyncUpstreamProcess(seed=1) as upstream:
+        print(f"  {pin_apart(upstream)}")
         await upstream.apply({"latency": latency})
         url = f"{upstream.url}/bench"
         for n in range(rounds):
@@ -159,8 +179,8 @@ async def bench(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.http_throughput")
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--regime", action="append", choices=list(REGIMES))
     parser.add_argument("--count", type=int, help="send this many requests and exit")
     parser.add_argument("--client", choices=[*CLIENTS, *ABLATIONS], default="resilient")

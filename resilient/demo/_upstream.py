@@ -69,6 +69,13 @@ class AsyncUpstreamProcess:
     async def __aexit__(self, *exc: object) -> None:
         await self._stop()
 
+    @property
+    def pid(self) -> int:
+        """The child's process id (a benchmark pins it to a CPU of its own)."""
+        if self._proc is None:
+            raise RuntimeError("the upstream is not running")
+        return self._proc.pid
+
     async def _stop(self) -> None:
         if self._control is not None:
             await self._control.close()

@@ -477,3 +477,18 @@ def test_the_gray_and_asgi_modules_stay_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_fast_context_reader_sees_what_the_api_attaches() -> None:
+    from opentelemetry import context
+
+    from resilient.gray._otel import current_context
+
+    assert not current_context()  # nothing attached: stable traffic skips the outbound work
+    token = context.attach(context.set_value("k", "v"))
+    try:
+        assert current_context() == context.get_current()
+        assert current_context()
+    finally:
+        context.detach(token)
+    assert not current_context()

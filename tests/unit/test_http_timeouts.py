@@ -243,3 +243,50 @@ async def test_many_attempts_are_each_cut_at_their_own_expiry_never_before() -> 
         assert cut_at[key] < expiry + 2.0  # and not left hanging (generous: a shared machine)
         assert watchdog.release(key) is not None
     assert not watchdog.entries
+
+
+class Cutter:
+    """Stands for a body's cutter: counts the cuts it is given."""
+
+    def __init__(self) -> None:
+        self.cuts = 0
+
+    def cancel(self) -> None:
+        self.cuts += 1
+
+
+async def test_a_body_past_its_expiry_is_cut_once_and_dropped() -> None:
+    loop = asyncio.get_running_loop()
+    watchdog = Watchdog(loop)
+    late, ended, due = Cutter(), Cutter(), Cutter()
+    now = loop.time()
+    watchdog.watch("due", (now + 0.02, due, "body", 1.0))
+    watchdog.watch("ended", (now + 0.02, ended, "body", 1.0))
+    watchdog.watch("late", (now + 30.0, late, "body", 1.0))
+    watchdog.forget("ended")  # its stream ended first
+    watchdog.forget("never watched")  # a second end (eof, then the release) is harmless
+    await asyncio.sleep(0.1)
+    assert (due.cuts, ended.cuts, late.cuts) == (1, 0, 0)
+    assert set(watchdog.entries) == {"late"}  # nobody releases a body: the cut drops it
+    assert not watchdog.cut
+    watchdog._check()  # the timer going off again cuts nothing twice
+    await asyncio.sleep(0)
+    assert due.cuts == 1
+
+
+def test_the_pipeline_shares_asyncio_s_clock_but_not_another_loop_s() -> None:
+    import time
+
+    from resilient.http._pipeline import loop_clock
+
+    class OwnClock(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return 42.0
+
+    standard, own = asyncio.new_event_loop(), OwnClock()
+    try:
+        assert loop_clock(standard) is time.monotonic  # a breaker's default clock: shared
+        assert loop_clock(own)() == 42.0
+    finally:
+        standard.close()
+        own.close()
