@@ -25,7 +25,9 @@ them around aiohttp's handler in one coroutine:
 - timeout (``TimeoutLayer``): ``arm`` bounds the attempt on the layer's
   ``Watchdog``, whose ``release`` ends the bound and says whether it cut the
   attempt, which then fails with ``AttemptTimeoutError`` before the breaker
-  judges it.
+  judges it. In ``session()`` the layer keeps the total for aiohttp too
+  (``bounds_body``): ``bound_body`` puts a body still arriving when the
+  response is returned on the same watchdog, until the request's expiry.
 - propagation (``Propagation``): ``write`` puts the gray tag and the deadline
   header on the attempt.
 

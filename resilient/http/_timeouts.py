@@ -424,8 +424,8 @@ class TimeoutLayer:
         let go, first.
         """
         content = response.content
-        if content.is_eof():
-            return  # (the pipeline asks this first)
+        if content.is_eof() or expiry == math.inf:
+            return  # all here already (the pipeline asks this first), or no total
         watchdog = self.watchdog
         if watchdog is None:
             watchdog = self.watchdog = Watchdog(req.loop)
