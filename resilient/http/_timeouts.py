@@ -429,7 +429,7 @@ class TimeoutLayer:
         watchdog = self.watchdog
         if watchdog is None:
             watchdog = self.watchdog = Watchdog(req.loop)
-        cut = _BodyCut(content, req.url, self.total)
+        cut = _BodyCut(content, req.url.origin(), self.total)  # as the attempts name it
         watchdog.watch(content, (expiry, cut, _BODY, self.total))
         done = partial(watchdog.forget, content)
         content.on_eof(done)
