@@ -26,7 +26,6 @@ __all__ = [
     "attach_baggage",
     "current_context",
     "detach",
-    "has_context",
     "span_context",
     "tag_span",
 ]
@@ -69,11 +68,6 @@ def _context_getter() -> Callable[[], Context]:
 
 #: The current OpenTelemetry context: empty (false) when no span or baggage is attached.
 current_context: Final = _context_getter()
-
-
-def has_context() -> bool:
-    """Whether any OpenTelemetry context (a span, baggage) is attached: a cheap first test."""
-    return bool(current_context())
 
 
 def span_context() -> SpanContext | None:

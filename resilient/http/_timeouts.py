@@ -101,6 +101,7 @@ SOCK_CONNECT: Final = 2.0
 #: How much earlier than aiohttp's own total timer a request's expiry is, so an
 #: attempt that runs out of total time fails as a timeout the breaker can count
 #: (aiohttp's timer, armed a few microseconds earlier, would cancel the task instead).
+#: In ``session()``, where aiohttp keeps no total, it only ends a request 2 ms early.
 TOTAL_MARGIN: Final = 0.002
 
 _ATTEMPT, _TOTAL, _DEADLINE, _BODY = "attempt", "total", "deadline", "body"

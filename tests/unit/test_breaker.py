@@ -677,16 +677,21 @@ async def test_hung_async_probe_is_judged_by_a_timer_and_cut() -> None:
     assert br.state is State.OPEN
 
 
-def test_auto_slow_limit_is_learned_on_the_success_path() -> None:
+def auto_breaker(clock: Clock, window_size: int = 60) -> CircuitBreaker:
+    """A time-window breaker learning "auto": 4x the healthy p99, 10 ms to 2 s, from 32 calls."""
     from resilient.latency import AutoSlow
 
-    clock = Clock()
-    br = CircuitBreaker(
+    return CircuitBreaker(
         "auto",
-        BreakerConfig(slow_call_duration="auto", window_size=60, buckets=60),
+        BreakerConfig(slow_call_duration="auto", window_size=window_size, buckets=60),
         clock=clock,
         auto_slow=AutoSlow(multiple=4.0, floor=0.01, ceiling=2.0, min_samples=32),
     )
+
+
+def test_auto_slow_limit_is_learned_on_the_success_path() -> None:
+    clock = Clock()
+    br = auto_breaker(clock)
     assert br.slow_call_seconds == 2.0  # the ceiling until enough calls were seen
 
     def call() -> None:
@@ -702,15 +707,10 @@ def test_auto_slow_limit_is_learned_on_the_success_path() -> None:
 
 
 def test_once_learned_auto_takes_a_sample_of_the_calls_not_all_of_them() -> None:
-    from resilient.latency import SAMPLE_GAP, AutoSlow
+    from resilient.latency import SAMPLE_GAP
 
     clock = Clock()
-    br = CircuitBreaker(
-        "sampled",
-        BreakerConfig(slow_call_duration="auto", window_size=600, buckets=60),
-        clock=clock,
-        auto_slow=AutoSlow(multiple=4.0, floor=0.01, ceiling=2.0, min_samples=32),
-    )
+    br = auto_breaker(clock, window_size=600)
     for _ in range(32):  # until first learned, every call is taken
         permit = br.acquire()
         clock.advance(0.005)
