@@ -35,7 +35,7 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -504,10 +504,17 @@ def _aged(view: FleetView, at: float) -> FleetView:
     return dataclasses.replace(view, now=view.now + (time.monotonic() - at))
 
 
+class _Closable(Protocol):
+    # PubSub.aclose is untyped in some redis-py releases and typed in others:
+    # calling it through this protocol type-checks against both.
+    async def aclose(self) -> None: ...
+
+
 async def _close_pubsub(pubsub: PubSub | None) -> None:
     if pubsub is not None:
+        closable: _Closable = pubsub
         with contextlib.suppress(RedisError, OSError):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await closable.aclose()
 
 
 def _text(value: object) -> str:
