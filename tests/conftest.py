@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from resilient.testing.servers import EtcdServer, RedisServer
+from resilient.testing.certs import Certificates, make_certificates
+from resilient.testing.servers import EtcdServer, MissingBinaryError, RedisServer
 
 # gRPC's fork handlers can crash the children mirakuru forks (with preexec_fn) to run
 # etcd while gRPC threads are busy; the suite forks no gRPC users.
@@ -66,6 +67,19 @@ def etcd_server_session() -> Iterator[EtcdServer]:
     """One etcd for the session; use a key prefix of your own, never stop it."""
     with EtcdServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A CA and server/client certificates a strict verifier accepts, for every TLS test.
+
+    Strict is Python 3.13's default (``ssl.VERIFY_X509_STRICT``); see
+    ``resilient.testing.certs`` for what each certificate carries.
+    """
+    try:
+        return make_certificates(tmp_path_factory.mktemp("tls"))
+    except MissingBinaryError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """Test helpers for code that uses `resilient`: real servers and a steerable upstream.
 
 ``RedisServer`` and ``EtcdServer`` run the real binaries on free loopback
-ports; ``Upstream`` is an aiohttp server whose latency and faults a test sets
-at run time (in-process, or in its own process with ``spawn_upstream``).
+ports (``RedisServer(tls=make_certificates(dir))`` speaks TLS only, with
+certificates a strict verifier accepts); ``Upstream`` is an aiohttp server
+whose latency and faults a test sets at run time (in-process, or in its own
+process with ``spawn_upstream``).
 
 Importing this package loads only the standard library; aiohttp, redis-py and
 mirakuru are imported by the pieces that use them.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from resilient.testing.certs import Certificates, make_certificates
 from resilient.testing.servers import (
     EtcdServer,
     MissingBinaryError,
@@ -23,12 +26,14 @@ if TYPE_CHECKING:
     from resilient.testing.upstream import Upstream, UpstreamProcess, spawn_upstream
 
 __all__ = [
+    "Certificates",
     "EtcdServer",
     "MissingBinaryError",
     "RedisServer",
     "ServerStartError",
     "Upstream",
     "UpstreamProcess",
+    "make_certificates",
     "spawn_upstream",
 ]
 

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     import redis
     from mirakuru import Executor
 
+    from resilient.testing.certs import Certificates
+
 __all__ = [
     "EtcdServer",
     "MissingBinaryError",
@@ -246,6 +248,9 @@ class RedisServer(_Server):
     Args:
         password: set ``requirepass``; it appears in ``url`` (for clients) and
             nowhere else.
+        tls: certificates (``resilient.testing.certs.make_certificates``): the
+            server then speaks TLS only, on ``port``, and ``url`` is
+            ``rediss://``; clients are not asked for a certificate.
         binary: the executable to run (looked up on PATH).
         start_timeout: seconds to wait for readiness (and for a graceful stop).
 
@@ -261,12 +266,14 @@ class RedisServer(_Server):
         self,
         password: str | None = None,
         *,
+        tls: Certificates | None = None,
         binary: str = "redis-server",
         start_timeout: float = START_TIMEOUT,
     ) -> None:
         self._binary = _which(binary, "install Redis (e.g. apt-get install redis-server)")
         super().__init__(start_timeout)
         self._password = password
+        self._tls = tls
         self._data = self._root / "data"
         self._data.mkdir(mode=0o700)
         self._conf = self._root / "redis.conf"
@@ -285,21 +292,38 @@ class RedisServer(_Server):
 
     @property
     def url(self) -> str:
-        """``redis://[:password@]127.0.0.1:PORT/0`` (the password URL-quoted)."""
+        """``redis[s]://[:password@]127.0.0.1:PORT/0`` (the password URL-quoted)."""
         auth = "" if self._password is None else f":{quote(self._password, safe='')}@"
-        return f"redis://{auth}{HOST}:{self.port}/0"
+        scheme = "redis" if self._tls is None else "rediss"
+        return f"{scheme}://{auth}{HOST}:{self.port}/0"
 
     @property
     def password(self) -> str | None:
         return self._password
 
+    @property
+    def tls(self) -> Certificates | None:
+        return self._tls
+
     def _executor(self, log: IO[str]) -> Executor:
         from mirakuru import TCPExecutor
 
+        if self._tls is None:
+            ports = ["--port", str(self.port)]
+        else:
+            t = self._tls
+            ports = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(t.server_cert),
+                "--tls-key-file", str(t.server_key),
+                "--tls-ca-cert-file", str(t.ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         command = [
             self._binary,
             str(self._conf),
-            "--port", str(self.port),
+            *ports,
             "--bind", HOST,
             "--dir", str(self._data),
             "--save", "",
@@ -325,6 +349,8 @@ class RedisServer(_Server):
         """A synchronous redis-py client for this server (the caller closes it)."""
         import redis as redis_py
 
+        if self._tls is not None:
+            kwargs = {"ssl": True, "ssl_ca_certs": str(self._tls.ca), **kwargs}
         client: redis.Redis = redis_py.Redis(
             host=HOST, port=self.port, password=self._password, **kwargs
         )
@@ -346,7 +372,8 @@ class RedisServer(_Server):
 
     def __repr__(self) -> str:
         auth = "" if self._password is None else ", password='***'"
-        return f"RedisServer(port={self.port}{auth}, running={self.running})"
+        tls = "" if self._tls is None else ", tls=True"
+        return f"RedisServer(port={self.port}{auth}{tls}, running={self.running})"
 
 
 class EtcdServer(_Server):

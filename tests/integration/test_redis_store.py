@@ -12,8 +12,8 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,10 +22,12 @@ from typing import Any
 
 import port_for  # type: ignore[import-untyped, unused-ignore]
 import pytest
+import redis
 
 from resilient import CircuitBreaker, CircuitOpenError, Hub, State
 from resilient.stores import _lua
 from resilient.stores.redis import RedisStore
+from resilient.testing.certs import Certificates
 from resilient.testing.servers import RedisServer
 
 CONFIG = {"minimum_calls": 4, "open_duration": 1.0, "window_size": 5, "buckets": 5}
@@ -414,49 +416,33 @@ def math_inf() -> float:
 
 
 @pytest.fixture
-def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A redis-server speaking TLS only, with a throwaway CA; (rediss URL, CA file)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    ca_key, ca, key, csr, cert = (
-        tmp_path / n for n in ("ca.key", "ca.pem", "k.pem", "c.csr", "c.pem")
-    )
-
-    def ssl(*args: str) -> None:
-        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
-
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
-        "-days", "1", "-subj", "/CN=resilient-test-ca")  # fmt: skip
-    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-        "-subj", "/CN=127.0.0.1")  # fmt: skip
-    ext = tmp_path / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    ssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
-    port = port_for.select_random()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        _wait_for_port(port)
-        yield f"rediss://127.0.0.1:{port}/0", ca
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+def tls_redis(tls_certs: Certificates) -> Iterator[RedisServer]:
+    """A redis-server speaking TLS only, with the suite's strict-conformant certificates."""
+    with RedisServer(tls=tls_certs) as server:
+        yield server
 
 
-async def test_rediss_works(tls_redis: tuple[str, Path]) -> None:
-    url, ca = tls_redis
-    store = RedisStore(url, ssl_ca_certs=str(ca))
-    other = RedisStore(url, ssl_ca_certs=str(ca))
+# Strict X.509 verification on every Python: what 3.13 does by default, asked for on 3.11/3.12.
+STRICT = {"ssl_include_verify_flags": [ssl.VERIFY_X509_STRICT]}
+
+
+async def test_rediss_works(tls_redis: RedisServer, tls_certs: Certificates) -> None:
+    url, ca = tls_redis.url, str(tls_certs.ca)
+    assert url.startswith("rediss://")
+    store = RedisStore(url, ssl_ca_certs=ca)
+    other = RedisStore(url, ssl_ca_certs=ca, **STRICT)
     async with Hub("tls", store=store, defaults=CONFIG) as a, Hub("tls", store=other) as b:
         a.breaker("dep").force_open()
         await until(lambda: b.breaker("dep").state is State.FORCED_OPEN)
         assert not a.breaker("dep").snapshot().degraded
+        assert not b.breaker("dep").snapshot().degraded
+    with tls_redis.client() as client:
+        assert client.ping()
+    # The name in the certificate, checked by name (redis-py checks it for rediss:// URLs).
+    by_name = redis.Redis(host="localhost", port=tls_redis.port, ssl=True, ssl_ca_certs=ca,
+                          ssl_check_hostname=True, **STRICT)  # fmt: skip
+    with by_name:
+        assert by_name.ping()
 
 
 # ------------------------------------------------------------------ resilient status
