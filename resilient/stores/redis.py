@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -69,6 +70,14 @@ SCHEMES: Final = ("redis", "rediss", "unix")
 Client = aioredis.Redis | RedisCluster
 _Call = tuple[str, _lua.Keys, str, list[Any]]  # (breaker name, its keys, script sha, ARGV)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# OpenSSL's X509_V_ERR_CA_CERT_MISSING_KEY_USAGE: raised only under strict verification.
+_CA_MISSING_KEY_USAGE: Final = 92
+_KEY_USAGE_HINT: Final = (
+    "; likely cause: the CA certificate has no key usage extension, which strict "
+    "X.509 verification refuses (ssl.VERIFY_X509_STRICT, on by default since Python "
+    "3.13): reissue the CA with keyUsage=critical,keyCertSign,cRLSign "
+    "(see docs/operations/redis.md)"
+)
 
 
 class RedisStore:
@@ -461,10 +470,11 @@ class RedisStore:
             self._down_since = time.monotonic()
             self._refused = isinstance(exc, AuthenticationError)
             log.warning(
-                "resilient: Redis at %s unreachable (%s: %s); breakers run on local state",
+                "resilient: Redis at %s unreachable (%s: %s); breakers run on local state%s",
                 self._where,
                 type(exc).__name__,
                 self._scrub(str(exc)),
+                _tls_hint(exc),
             )
 
     def _came_back(self) -> None:
@@ -497,6 +507,27 @@ class _Link:
 
     def wake(self) -> None:
         self._store._request_flush()
+
+
+def _tls_hint(exc: BaseException) -> str:
+    """What to add to an outage warning when TLS verification names a known cause.
+
+    redis-py keeps the ``ssl`` error as the cause of its ``ConnectionError``;
+    the raw OpenSSL text ("CA cert does not include key usage extension")
+    does not tell a user that a CA which worked on Python 3.12 is refused by
+    3.13's default strict verification.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # causes and contexts, bounded: a chain can loop
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError) and (
+            seen.verify_code == _CA_MISSING_KEY_USAGE
+            or "does not include key usage extension" in str(seen.verify_message)
+        ):
+            return _KEY_USAGE_HINT
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 def _aged(view: FleetView, at: float) -> FleetView:

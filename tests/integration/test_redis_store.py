@@ -27,8 +27,8 @@ import redis
 from resilient import CircuitBreaker, CircuitOpenError, Hub, State
 from resilient.stores import _lua
 from resilient.stores.redis import RedisStore
-from resilient.testing.certs import Certificates
-from resilient.testing.servers import RedisServer
+from resilient.testing.certs import Certificates, make_certificates
+from resilient.testing.servers import MissingBinaryError, RedisServer
 
 CONFIG = {"minimum_calls": 4, "open_duration": 1.0, "window_size": 5, "buckets": 5}
 BOUND = 2.0  # seconds: generous for a loaded CI box; the real figures are milliseconds
@@ -424,6 +424,7 @@ def tls_redis(tls_certs: Certificates) -> Iterator[RedisServer]:
 
 # Strict X.509 verification on every Python: what 3.13 does by default, asked for on 3.11/3.12.
 STRICT = {"ssl_include_verify_flags": [ssl.VERIFY_X509_STRICT]}
+STRICT_BY_DEFAULT = bool(ssl.create_default_context().verify_flags & ssl.VERIFY_X509_STRICT)
 
 
 async def test_rediss_works(tls_redis: RedisServer, tls_certs: Certificates) -> None:
@@ -443,6 +444,67 @@ async def test_rediss_works(tls_redis: RedisServer, tls_certs: Certificates) -> 
                           ssl_check_hostname=True, **STRICT)  # fmt: skip
     with by_name:
         assert by_name.ping()
+
+
+@pytest.fixture
+def redis_with_a_ca_without_key_usage(tmp_path: Path) -> Iterator[RedisServer]:
+    """TLS Redis whose CA lacks key usage: what ``openssl req -x509`` makes by default."""
+    try:
+        certs = make_certificates(tmp_path, ca_key_usage=False)
+    except MissingBinaryError as exc:
+        pytest.skip(str(exc))
+    with RedisServer(tls=certs) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    "strict",
+    [
+        pytest.param(
+            {},
+            id="default-verification",
+            marks=pytest.mark.skipif(
+                not STRICT_BY_DEFAULT,
+                reason="this Python's default TLS context does not set VERIFY_X509_STRICT "
+                "(Python 3.13+ does); the forced-strict case covers the message here",
+            ),
+        ),
+        pytest.param(STRICT, id="forced-strict"),
+    ],
+)
+async def test_a_ca_without_key_usage_is_named_in_the_warning(
+    redis_with_a_ca_without_key_usage: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    strict: dict[str, Any],
+) -> None:
+    server = redis_with_a_ca_without_key_usage
+    assert server.tls is not None
+    caplog.set_level(logging.WARNING, logger="resilient")
+    store = RedisStore(server.url, ssl_ca_certs=str(server.tls.ca), **strict)
+    async with Hub("tls-no-ku", store=store, defaults=CONFIG) as hub:
+        assert run(hub.breaker("dep"), ok) == ["ok"]  # local breaking, no error
+    warnings = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "CA cert does not include key usage extension" in warnings[0]  # OpenSSL's words
+    assert "likely cause: the CA certificate has no key usage extension" in warnings[0]
+    assert "Python 3.13" in warnings[0] and "keyCertSign" in warnings[0]
+
+
+async def test_other_tls_failures_get_no_key_usage_hint(
+    tls_redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    try:
+        stranger = make_certificates(tmp_path)  # a CA that did not sign the server's cert
+    except MissingBinaryError as exc:
+        pytest.skip(str(exc))
+    caplog.set_level(logging.WARNING, logger="resilient")
+    store = RedisStore(tls_redis.url, ssl_ca_certs=str(stranger.ca), **STRICT)
+    async with Hub("tls-stranger", store=store, defaults=CONFIG):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "certificate verify failed" in warnings[0]
+    assert "key usage" not in warnings[0]
 
 
 # ------------------------------------------------------------------ resilient status
