@@ -1,6 +1,7 @@
 """RedisStore: success-path cost, Redis commands per second, and cross-process trip latency.
 
     python -m bench.redis_store [--calls 200000] [--repeats 7] [--trials 100] [--url URL]
+                                [--rates 0 100]
 
 A real redis-server on loopback (``resilient.testing.servers.RedisServer``,
 unless ``--url`` names one; it must be yours: the bench resets its stats).
@@ -25,6 +26,17 @@ Four measurements, peers in the same run:
    Target: p99 <= 50 ms. (A process that has not heard the fleet's totals
    for a sync interval sees a crossing only at its next flush; the script
    then opens the fleet: at most ``sync_interval`` later.)
+4. Every process failing from the same instant (the DESIGN case "4 processes
+   whose calls start failing together"), one fresh breaker per trial, for each
+   of ``--rates``: 0 means each process fails ``minimum_calls`` calls at once
+   (each one's own window crosses with the fleet's, the case where a local
+   trip used to wait for the next flush); a rate means each fails that many
+   calls a second after a few healthy ones (the fleet's window crosses before
+   any one's own). Measured from the first failure anywhere: the fleet's OPEN
+   PUBLISHed (a subscriber in the bench), and OPEN in the last process; and
+   the same from the fleet's crossing (the failure, by the processes' own
+   timestamps, that made the fleet's window cross: the first moment anyone
+   could know). Target: p99 <= 50 ms, aim 20 ms.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import queue
+import random
 import statistics
 import sys
 import threading
@@ -45,6 +58,7 @@ from bench.breaker_overhead import time_sync as per_call
 
 CONFIG = {"minimum_calls": 10, "open_duration": 60.0, "window_size": 10, "buckets": 10}
 OBSERVERS = 3
+WARM = 2  # healthy calls per process before a paced "together" trial
 TIMEOUT = 10.0  # seconds any step of a trial may take before the run fails
 
 
@@ -213,7 +227,7 @@ def commands_per_second(url: str, seconds: float) -> None:
             )
 
 
-# -- 3: trip latency across processes --------------------------------------------------------
+# -- 3 and 4: trip latency across processes --------------------------------------------------
 
 
 def worker(url: str, commands: Any, events: Any) -> None:
@@ -229,32 +243,79 @@ def worker(url: str, commands: Any, events: Any) -> None:
     def fail() -> None:
         raise OSError("down")
 
+    def succeed() -> None:
+        pass
+
     with Hub("bench-trip", store=RedisStore(url), defaults=CONFIG) as hub:
         hub.add_listener(on_event)
         events.put(("ready", "", time.time()))
         while True:
-            cmd, name, count = commands.get()
+            cmd, name, count, *rest = commands.get()
             if cmd == "quit":
                 return
-            call = hub.breaker(name)(fail)
-            for _ in range(count):
-                with contextlib.suppress(OSError, CircuitOpenError):
+            breaker = hub.breaker(name)
+            if cmd == "succeed":
+                for _ in range(count):
+                    breaker(succeed)()
+                events.put(("succeeded", name, time.time()))
+                continue
+            call = breaker(fail)
+            if cmd == "fail":
+                for _ in range(count):
+                    with contextlib.suppress(OSError, CircuitOpenError):
+                        call()
+                events.put(("failed", name, time.time()))
+                continue
+            # "together": from the instant ``start`` (wall time), fail ``count``
+            # calls at ``rate`` a second (0: as fast as possible), stopping early
+            # once rejected; report the time of each failure.
+            start, rate = rest
+            while time.time() < start:
+                time.sleep(0.0005)
+            times: list[float] = []
+            for i in range(count):
+                if rate:
+                    with contextlib.suppress(ValueError):
+                        time.sleep(start + i / rate - time.time())
+                try:
                     call()
-            events.put(("failed", name, time.time()))
+                except OSError:
+                    times.append(time.time())
+                except CircuitOpenError:
+                    break
+            events.put(("failures", name, times))
+
+
+class Workers:
+    """``OBSERVERS + 1`` worker processes sharing one Redis, and their event queue."""
+
+    def __init__(self, url: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.events: Any = ctx.Queue()
+        self.inboxes: list[Any] = [ctx.Queue() for _ in range(OBSERVERS + 1)]
+        self.procs = [ctx.Process(target=worker, args=(url, b, self.events)) for b in self.inboxes]
+
+    def __enter__(self) -> Workers:
+        for p in self.procs:
+            p.start()
+        for _ in self.procs:
+            expect(self.events, "ready")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for box in self.inboxes:
+            box.put(("quit", "", 0))
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
 
 
 def trip_latency(url: str, trials: int) -> list[float]:
-    ctx = mp.get_context("spawn")
-    events: Any = ctx.Queue()
-    inboxes: list[Any] = [ctx.Queue() for _ in range(OBSERVERS + 1)]
-    procs = [ctx.Process(target=worker, args=(url, box, events)) for box in inboxes]
-    for p in procs:
-        p.start()
     lags: list[float] = []
-    try:
-        for _ in procs:
-            expect(events, "ready")
-        *observers, tripper = inboxes
+    with Workers(url) as w:
+        events = w.events
+        *observers, tripper = w.inboxes
         for trial in range(trials):
             name = f"trip{trial}"
             for box in observers:  # 3 x 3 failures: under minimum_calls, everywhere
@@ -277,13 +338,110 @@ def trip_latency(url: str, trials: int) -> list[float]:
             opens.sort()
             # the first OPEN is the tripper's own (at once); the rest are the observers'
             lags.extend(at - ends["failed"] for at in opens[1:])
+    return lags
+
+
+class Published:
+    """The first fleet OPEN published for each breaker of the bench's namespace, with its time."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        from resilient.stores import _lua
+
+        self._client = redis.Redis.from_url(url)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(_lua.channel_pattern("bench-trip"))
+        self._name = lambda channel: _lua.name_from_key("bench-trip", channel, "events")
+        self.opened: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        import json
+
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.05)
+            if message is None:
+                continue
+            at = time.time()
+            channel = message["channel"].decode()
+            name = self._name(channel)
+            if name and json.loads(message["data"])["state"] == "open":
+                self.opened.setdefault(name, at)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._pubsub.close()
+        self._client.close()
+
+
+def fleet_crossing(healthy: int) -> int:
+    """The failure, counted fleet-wide, whose end makes the fleet's window cross
+    (after ``healthy`` successes): the first moment the fleet could know."""
+    failures = 1
+    while not (
+        healthy + failures >= CONFIG["minimum_calls"] and failures / (healthy + failures) >= 0.5
+    ):
+        failures += 1
+    return failures
+
+
+def together_latency(url: str, trials: int, rate: float) -> dict[str, list[float]]:
+    """Every process failing from the same instant (4): seconds from the first failure
+    to the fleet's OPEN published, and to OPEN in the last process to open.
+
+    ``rate`` 0: each process fails ``minimum_calls`` calls at once (its own window
+    crosses with the fleet's); else each fails at ``rate`` calls a second after
+    ``WARM`` healthy calls, the fleet's window crossing before any one's own.
+    """
+    published = Published(url)
+    phase = random.Random(trials)
+    kinds = ("published", "all open")
+    lags: dict[str, list[float]] = {
+        k: [] for k in (*kinds, *(f"{k}, from the crossing" for k in kinds))
+    }
+    count = CONFIG["minimum_calls"] * (1 if rate == 0 else 4)
+    crossing = fleet_crossing(0 if rate == 0 else WARM * (OBSERVERS + 1))
+    try:
+        with Workers(url) as w:
+            for trial in range(trials):
+                name = f"together{rate:g}-{trial}"
+                for box in w.inboxes:  # the breaker exists everywhere; the fleet has heard
+                    box.put(("succeed", name, 0 if rate == 0 else WARM))
+                for _ in w.inboxes:
+                    expect(w.events, "succeeded")
+                time.sleep(0.25)  # two sync intervals: every process holds the fleet's view
+                # At a random phase of the sync interval: the breakers were made
+                # together, so their flushes keep step with the trial's own clock.
+                start = time.time() + 0.05 + phase.uniform(0.0, 0.1)
+                for box in w.inboxes:
+                    box.put(("together", name, count, start, rate))
+                failures: list[float] = []
+                opens: list[float] = []
+                reports = 0
+                while reports < len(w.inboxes) or len(opens) < len(w.inboxes):
+                    kind, _, payload = w.events.get(timeout=TIMEOUT)
+                    if kind == "failures":
+                        reports += 1
+                        failures.extend(payload)
+                    elif kind == "open":
+                        opens.append(payload)
+                failures.sort()
+                first, crossed = failures[0], failures[min(crossing, len(failures)) - 1]
+                deadline = time.time() + TIMEOUT
+                while name not in published.opened and time.time() < deadline:
+                    time.sleep(0.01)
+                if name not in published.opened:
+                    raise SystemExit(f"{name}: the fleet never opened")
+                lags["published"].append(published.opened[name] - first)
+                lags["all open"].append(max(opens) - first)
+                lags["published, from the crossing"].append(published.opened[name] - crossed)
+                lags["all open, from the crossing"].append(max(opens) - crossed)
     finally:
-        for box in inboxes:
-            box.put(("quit", "", 0))
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
+        published.close()
     return lags
 
 
@@ -308,6 +466,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=3.0, help="per commands/s phase")
     parser.add_argument("--url", default=None, help="a Redis of yours (default: start one)")
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="*",
+        default=[0.0, 100.0],
+        help="per-process failure rates of the 'together' case (0: all at once)",
+    )
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}, {threading.active_count()} thread(s) at start")
     with redis_url(args.url) as (url, _):
@@ -316,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         print("Redis commands per second, one process, 5 active breakers, sync_interval 0.1 s")
         commands_per_second(url, args.seconds)
         lags = trip_latency(url, args.trials)
+        together = {rate: together_latency(url, args.trials, rate) for rate in args.rates}
     ms = [lag * 1000 for lag in lags]
     print(
         f"trip seen by other processes ({len(ms)} samples, {args.trials} trips, "
@@ -323,6 +489,14 @@ def main(argv: list[str] | None = None) -> None:
         f"p99 {quantile(ms, 0.99):.1f} ms  max {max(ms):.1f} ms"
     )
     print(f"  target p99 <= 50 ms: {'met' if quantile(ms, 0.99) <= 50 else 'MISSED'}")
+    for rate, found in together.items():
+        shape = "at once" if rate == 0 else f"{rate:g} calls/s each after {WARM} healthy"
+        print(f"{OBSERVERS + 1} processes failing together ({shape}), {args.trials} trials, "
+              "from the first failure:")  # fmt: skip
+        for what, values in found.items():
+            v = [x * 1000 for x in values]
+            print(f"  {what:29} p50 {statistics.median(v):6.1f} ms  "
+                  f"p99 {quantile(v, 0.99):6.1f} ms  max {max(v):6.1f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -397,6 +397,7 @@ class CircuitBreaker:
                 return
             fleet.degraded = False
             fleet.failed_syncs = 0
+            fleet.heard = True
             fleet.calls, fleet.failures, fleet.slow = view.calls, view.failures, view.slow
             if view.generation > fleet.generation:  # generations only grow; older views are late
                 fleet.generation = view.generation
@@ -858,28 +859,39 @@ class CircuitBreaker:
         return self._rng() < p
 
     def _judge_locked(self, now: float, effects: _Effects) -> bool:
-        """CLOSED: open if the window (with hung calls as slow) crosses a threshold."""
+        """CLOSED: open if a window (with hung calls as slow) crosses a threshold.
+
+        The fleet's window is judged first, at every judgement: when it
+        crosses, the store is asked to open the fleet at once (decided there,
+        atomically) and this process opens without waiting for it. Only then
+        our own window: its crossing opens this process alone, and wakes the
+        store so the fleet weighs these counts now, not at the next flush.
+        """
         cfg = self._config
         if cfg.mode == "adaptive":
             return False
-        t = self._window.totals()
         hung = self._flight.old
-        reason = self._crossing(t.calls + hung, t.failures, t.slow + hung)
-        if reason is not None:
-            self._open_locked(reason, now, effects)  # our own window: this process alone
-            return True
         fleet, window = self._fleet, self._window
-        if fleet is None or fleet.degraded or not isinstance(window, TimeWindow):
-            return False
-        calls, failures, slow = fleet.combined(window)
-        reason = self._crossing(calls + hung, failures, slow + hung)
+        if (
+            fleet is not None
+            and fleet.heard
+            and not fleet.degraded
+            and isinstance(window, TimeWindow)
+        ):
+            calls, failures, slow = fleet.combined(window)
+            reason = self._crossing(calls + hung, failures, slow + hung)
+            if reason is not None:
+                fleet.trip = f"fleet {reason}"
+                self._open_locked(fleet.trip, now, effects, fleet_round=True)
+                effects.append(fleet)
+                return True
+        t = window.totals()
+        reason = self._crossing(t.calls + hung, t.failures, t.slow + hung)
         if reason is None:
             return False
-        # The fleet's window crossed: ask the store to open the fleet at once
-        # (decided there, atomically), and open here without waiting for it.
-        fleet.trip = f"fleet {reason}"
-        self._open_locked(fleet.trip, now, effects, fleet_round=True)
-        effects.append(fleet)
+        self._open_locked(reason, now, effects)  # our own window: this process alone
+        if fleet is not None:
+            effects.append(fleet)
         return True
 
     def _crossing(self, calls: int, failures: int, slow: int) -> str | None:

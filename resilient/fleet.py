@@ -86,6 +86,7 @@ class FleetLink:
         "failed_syncs",
         "failures",
         "generation",
+        "heard",
         "manual",
         "probe_calls",
         "probe_failures",
@@ -104,6 +105,7 @@ class FleetLink:
         self.degraded = False
         self.failed_syncs = 0  # in a row; the fleet's half-open is given up at two
         self.generation = -1  # the last fleet transition applied here
+        self.heard = False  # a view of the fleet was applied: there is a combined window
         self.round = False  # this OPEN / HALF_OPEN episode is the fleet's, not ours alone
         # The fleet window as last answered (our own sent counts included).
         self.calls = self.failures = self.slow = 0

@@ -49,6 +49,18 @@ def view(state: str = "closed", generation: int = 0, **kw: object) -> FleetView:
     return FleetView(**base)  # type: ignore[arg-type]
 
 
+def fail(br: CircuitBreaker, times: int) -> None:
+    for _ in range(times):
+        br.acquire().failure()
+
+
+def trip_asked(br: CircuitBreaker) -> str | None:
+    """The fleet trip this breaker asks of its store at the next sync, if any."""
+    box = br.sync_out()
+    assert box is not None
+    return box.trip
+
+
 def test_sync_out_sends_each_count_once_by_bucket_age() -> None:
     clock = Clock()
     br, _ = linked(clock)
@@ -98,15 +110,59 @@ def test_failed_sync_keeps_its_counts_for_the_next() -> None:
     assert not br.snapshot().degraded
 
 
-def test_local_trip_is_not_asked_of_the_fleet() -> None:
+def test_local_trip_is_not_asked_of_the_fleet_but_sent_at_once() -> None:
     clock = Clock()
     br, link = linked(clock)
-    for _ in range(10):
-        br.acquire().failure()
+    fail(br, 10)  # no fleet view yet: this window alone
     assert br.state is State.OPEN
+    assert link.wakes == 1  # the fleet weighs these counts now, not at the next flush
     box = br.sync_out()
     assert box is not None and box.trip is None
-    assert link.wakes == 0
+    assert box.deltas == ((0, 0, 0, 10, 0),)
+
+
+def test_local_trip_beside_a_healthy_fleet_stays_local() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    br.sync_in(view(calls=100, failures=0))  # the peers are healthy
+    fail(br, 10)  # 110 calls, 10 failures in the fleet: 9%
+    assert br.state is State.OPEN
+    assert trip_asked(br) is None
+
+
+def test_own_and_fleet_windows_crossing_together_trip_the_fleet() -> None:
+    # The fleet's window holds only what this process sent: both windows cross
+    # with the same call, and that is a fleet transition, asked at once.
+    clock = Clock()
+    br, link = linked(clock)
+    fail(br, 5)
+    assert trip_asked(br) is None
+    br.sync_in(view(calls=5, failures=5))  # our five, as the fleet answered
+    fail(br, 5)
+    assert br.state is State.OPEN
+    assert link.wakes == 1
+    assert (trip_asked(br) or "").startswith("fleet failure rate")
+
+
+def test_the_fleet_window_crossing_first_trips_the_fleet() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    br.sync_in(view(calls=6, failures=6))  # the peers' first failures, as last heard
+    fail(br, 3)
+    assert br.state is State.CLOSED  # 9 in the fleet, under minimum_calls
+    fail(br, 1)
+    assert br.state is State.OPEN  # 10 of 10 in the fleet; 4 here
+    assert (trip_asked(br) or "").startswith("fleet failure rate")
+
+
+def test_no_fleet_trip_from_a_view_heard_before_the_store_went_away() -> None:
+    clock = Clock()
+    br, _ = linked(clock)
+    br.sync_in(view(calls=9, failures=9))
+    br.sync_failed()  # degraded: the view is no longer the fleet's
+    fail(br, 1)
+    assert br.state is State.CLOSED
+    assert trip_asked(br) is None
 
 
 def test_fleet_crossing_opens_here_and_asks_the_fleet_at_once() -> None:
