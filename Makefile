@@ -41,8 +41,8 @@ servers:
 	@scripts/ensure-servers
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check resilient tests bench examples
-	$(BIN)/ruff format --check resilient tests bench examples
+	$(BIN)/ruff check resilient tests bench examples scripts
+	$(BIN)/ruff format --check resilient tests bench examples scripts
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy resilient

@@ -15,7 +15,8 @@ this process alone and is not published: a local fault is not hidden by a
 healthy fleet, and one bad process does not trip everyone.
 
 ``FleetLink`` is the breaker's companion for this: plain state, read and
-changed only under the breaker's lock.
+changed only under the breaker's lock. The breaker's side of each sync, worked
+on its ``Circuit``, is in ``fleet_sync.py`` (above both).
 """
 
 from __future__ import annotations

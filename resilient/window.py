@@ -1,4 +1,4 @@
-"""Counting for a breaker: sliding windows of outcomes, and calls still in flight.
+"""Counting for a breaker: sliding windows of outcomes.
 
 Plain objects that take ``now`` and advance lazily (no timers, no threads),
 in the manner of Polly's RollingHealthMetrics:
@@ -7,12 +7,11 @@ in the manner of Polly's RollingHealthMetrics:
   seconds. Each bucket counts the four outcomes and, for adaptive mode, the
   admission attempts (``REQUESTS``).
 - ``CountWindow``: the last ``window_size`` outcomes, exactly.
-- ``InFlight``: calls that are running, by the slot of time they started in,
-  so that calls older than ``slow_call_duration`` can be counted as slow
-  before they end. This is what trips a breaker on a dependency that hangs.
+
+Calls still running are counted apart, in ``resilient.inflight``.
 
 Concurrency: the owner (the breaker) calls ``advance`` and ``totals`` under its
-guard. The per-call operations (``add``, ``InFlight.start``/``end``) are short
+guard. The per-call operations (``add`` and the success path's count) are short
 runs of integer arithmetic with no call inside, which CPython (3.10+, with the
 GIL) never interrupts for another thread; so no update is lost without a lock
 on the hot path. A free-threaded build would need the guard there too.
@@ -30,7 +29,6 @@ __all__ = [
     "SLOW_SUCCESS",
     "SUCCESS",
     "CountWindow",
-    "InFlight",
     "TimeWindow",
     "Totals",
 ]
@@ -194,103 +192,3 @@ class CountWindow:
 
 
 Window = TimeWindow | CountWindow
-
-
-class InFlight:
-    """Calls still running, by the time slot they started in.
-
-    Time is cut into slots of ``slow / SLOTS`` seconds, numbered from
-    ``base`` at ``origin``. A starting call adds one to its slot and keeps the
-    slot's number as its ticket; an ending call takes one away. When a slot is
-    wholly older than ``slow`` it is folded into ``old``: those calls are
-    running past ``slow_call_duration`` and count as slow calls until they
-    end. A call is judged at most one slot (an eighth of ``slow``) late.
-    """
-
-    SLOTS = 8
-    RING = SLOTS + 2  # live slots never span more than SLOTS + 1 numbers
-    __slots__ = (
-        "base",
-        "counts",
-        "legacy",
-        "legacy_until",
-        "old",
-        "oldest",
-        "origin",
-        "slot",
-        "slow",
-        "width",
-    )
-
-    def __init__(self, slow: float, now: float, base: int = 0) -> None:
-        self.slow = slow
-        self.width = slow / self.SLOTS
-        self.origin = now
-        self.base = base
-        self.counts = [0] * self.RING
-        self.slot = base  # the slot a call starting now takes
-        self.oldest = base  # the oldest slot not yet folded into ``old``
-        self.old = 0  # calls running for longer than ``slow``
-        # Calls handed over by a tracker with another ``slow`` (see ``retime``).
-        self.legacy = 0
-        self.legacy_until = math.inf
-
-    @property
-    def running(self) -> int:
-        return sum(self.counts) + self.old + self.legacy
-
-    def start(self) -> int:
-        slot = self.slot
-        self.counts[slot % self.RING] += 1
-        return slot
-
-    def end(self, slot: int) -> None:
-        if slot >= self.oldest:
-            self.counts[slot % self.RING] -= 1
-        elif slot < self.base and self.legacy:
-            self.legacy -= 1
-        else:
-            self.old -= 1
-
-    def _number(self, at: float) -> int:
-        return self.base + math.floor((at - self.origin) / self.width)
-
-    def advance(self, now: float) -> None:
-        """Move to ``now``: fold the slots that became older than ``slow``."""
-        # Slot s ends where slot s + 1 starts; it is old once that is <= now - slow.
-        cutoff = self._number(now - self.slow)
-        counts = self.counts
-        while self.oldest < cutoff and self.oldest <= self.slot:
-            cell = self.oldest % self.RING
-            self.old += counts[cell]
-            counts[cell] = 0
-            self.oldest += 1
-        slot = self._number(now)
-        if slot > self.slot:
-            self.slot = slot
-            self.oldest = max(self.oldest, min(cutoff, slot))
-        if now >= self.legacy_until:
-            self.old += self.legacy
-            self.legacy = 0
-            self.legacy_until = math.inf
-
-    def next_event(self) -> float:
-        """When ``advance`` next has work: a new slot, or a slot turning old."""
-        new_slot = self.origin + (self.slot + 1 - self.base) * self.width
-        turns_old = self.origin + (self.oldest + 1 - self.base) * self.width + self.slow
-        return min(new_slot, turns_old, self.legacy_until)
-
-    def retime(self, slow: float, now: float) -> InFlight:
-        """A tracker for a new ``slow`` that takes over this one's running calls.
-
-        Calls that were not yet old are judged as if they started ``now``;
-        calls already old stay old. Tickets handed out before keep working:
-        the new tracker numbers its slots above them and takes their ends from
-        the carried-over counts.
-        """
-        self.advance(now)
-        fresh = InFlight(slow, now, base=self.slot + 1)
-        fresh.legacy = sum(self.counts) + self.legacy
-        fresh.legacy_until = now + slow if fresh.legacy else math.inf
-        fresh.old = self.old
-        return fresh

@@ -393,8 +393,8 @@ class TimeoutLayer:
                 own = learned.seconds
                 if br is None:
                     br = guard()  # a breaker middleware of its own, before this one
-                if br is not None and br._slow_seconds > own:
-                    own = br._slow_seconds  # a timed-out attempt must count as slow
+                if br is not None and br.slow_call_seconds > own:
+                    own = br.slow_call_seconds  # a timed-out attempt must count as slow
             if own < limit:
                 limit, kind = own, _ATTEMPT
         scope = _current()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -610,7 +611,22 @@ async def test_deadline_with_unfair_budget_is_not_counted() -> None:
     assert (snap.calls, snap.running, br.state) == (0, 0, State.CLOSED)
 
 
-async def test_cancel_on_open_cuts_calls_already_past_slow_limit() -> None:
+def through(
+    br: CircuitBreaker, way: str, fn: Callable[[], Awaitable[None]]
+) -> Callable[[], Awaitable[None]]:
+    """``fn`` through ``br`` by the decorator or by an ``async with`` block (the same core)."""
+    if way == "decorator":
+        return br(fn)
+
+    async def block() -> None:
+        async with br:
+            await fn()
+
+    return block
+
+
+@pytest.mark.parametrize("way", ["decorator", "async with"])
+async def test_cancel_on_open_cuts_calls_already_past_slow_limit(way: str) -> None:
     clock = Clock()
     br = CircuitBreaker(
         "cut",
@@ -625,9 +641,10 @@ async def test_cancel_on_open_cuts_calls_already_past_slow_limit() -> None:
     )
     gate = asyncio.Event()
 
-    @br
-    async def hang() -> None:
+    async def wait() -> None:
         await gate.wait()
+
+    hang = through(br, way, wait)
 
     @br
     async def fail() -> None:
@@ -643,13 +660,14 @@ async def test_cancel_on_open_cuts_calls_already_past_slow_limit() -> None:
             await fail()
     assert br.state is State.OPEN
     with pytest.raises(CircuitOpenError):
-        await late  # failed fast instead of waiting out its own timeout
+        await asyncio.wait_for(late, timeout=5)  # failed fast, not left waiting
     assert not young.done()  # younger than the slow limit: left alone
     gate.set()
     await young
 
 
-async def test_hung_async_probe_is_judged_by_a_timer_and_cut() -> None:
+@pytest.mark.parametrize("way", ["decorator", "async with"])
+async def test_hung_async_probe_is_judged_by_a_timer_and_cut(way: str) -> None:
     br = CircuitBreaker(
         "probe-timer",
         BreakerConfig(
@@ -666,9 +684,10 @@ async def test_hung_async_probe_is_judged_by_a_timer_and_cut() -> None:
     assert br.state is State.OPEN
     await asyncio.sleep(0.02)  # the open duration (at most 11 ms) has passed
 
-    @br
-    async def hang() -> None:
+    async def sleep() -> None:
         await asyncio.sleep(10)
+
+    hang = through(br, way, sleep)
 
     # No other caller comes: the probe's own timer judges it slow, reopens the
     # breaker and cuts it instead of leaving it to hang for 10 s.

@@ -7,13 +7,13 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resilient.inflight import InFlight
 from resilient.window import (
     FAILURE,
     SLOW_FAILURE,
     SLOW_SUCCESS,
     SUCCESS,
     CountWindow,
-    InFlight,
     TimeWindow,
 )
 
