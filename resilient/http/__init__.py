@@ -17,12 +17,12 @@ from __future__ import annotations
 from resilient.http._breaker import (
     HTTP_DEFAULTS,
     HostCircuitOpenError,
-    breaker_middleware,
     host_key,
     http_auto_slow,
     is_failure,
     route_key,
 )
+from resilient.http._middleware import breaker_middleware, retry_middleware, timeout_middleware
 from resilient.http._profiles import PROFILES, Profile, profile
 from resilient.http._propagation import (
     Propagation,
@@ -30,21 +30,10 @@ from resilient.http._propagation import (
     gray_propagation,
     propagation,
 )
-from resilient.http._retry import (
-    IDEMPOTENT_METHODS,
-    RETRY_STATUSES,
-    Retries,
-    is_idempotent,
-    parse_retry_after,
-    retry_middleware,
-)
+from resilient.http._retry import RETRY_STATUSES, Retries, parse_retry_after
 from resilient.http._session import session
-from resilient.http._timeouts import (
-    AttemptTimeoutError,
-    Timeouts,
-    attempt_bound,
-    timeout_middleware,
-)
+from resilient.http._shared import IDEMPOTENT_METHODS, attempt_bound, is_idempotent
+from resilient.http._timeouts import AttemptTimeoutError, Timeouts
 
 __all__ = [
     "HTTP_DEFAULTS",

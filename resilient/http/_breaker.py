@@ -56,11 +56,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiohttp
-from aiohttp import ClientMiddlewareType, ClientRequest
+from aiohttp import ClientRequest
 from yarl import URL
 
 from resilient.breaker import CircuitBreaker
@@ -70,16 +69,13 @@ from resilient.hub import Hub, default_hub
 from resilient.latency import AutoSlow
 
 if TYPE_CHECKING:
-    from resilient.http._pipeline import Host
+    from resilient.http._shared import Host
 
 __all__ = [
     "HTTP_DEFAULTS",
     "BreakerLayer",
     "HostCircuitOpenError",
     "breaker_layer",
-    "breaker_middleware",
-    "guard",
-    "guarding",
     "host_key",
     "http_auto_slow",
     "is_failure",
@@ -163,26 +159,6 @@ def _defaults(value: BreakerConfig | Mapping[str, Any] | None) -> BreakerConfig:
     )
 
 
-#: The breaker guarding the attempt being sent (see ``guard``).
-_guard_var: ContextVar[CircuitBreaker | None] = ContextVar("resilient.http.guard", default=None)
-
-
-def guard() -> CircuitBreaker | None:
-    """The breaker a breaker middleware before this one admitted the attempt through, or None.
-
-    A timeout middleware after it reads its slow limit: an attempt timeout is
-    never shorter, so a timed-out attempt also counts as a slow call, and a
-    host whose requests all time out opens the breaker even while other
-    requests to it hang.
-    """
-    return _guard_var.get()
-
-
-def guarding(br: CircuitBreaker) -> Token[CircuitBreaker | None]:
-    """Publish ``br`` as the attempt's breaker for a later middleware (see ``guard``)."""
-    return _guard_var.set(br)
-
-
 #: What the HTTP breakers count as failures (anything else the call raises is an answer).
 RECORDED: Final = (OSError, asyncio.TimeoutError, aiohttp.ClientError)
 
@@ -235,36 +211,6 @@ def _create(hub: Hub, name: str, defaults: BreakerConfig, auto_slow: AutoSlow) -
     the config source's defaults < the breaker's own key, at every reload.
     """
     return hub.breaker(name, defaults=defaults, record_exceptions=RECORDED, auto_slow=auto_slow)
-
-
-def breaker_middleware(
-    hub: Hub | None = None,
-    *,
-    per: Key = "host",
-    defaults: BreakerConfig | Mapping[str, Any] | None = None,
-    total: float = 10.0,
-) -> ClientMiddlewareType:
-    """A client middleware that sends each request through its host's breaker.
-
-    Put it after (inside) the retry middleware, so each attempt is counted.
-
-    Args:
-        hub: where the breakers live (``resilient.hub.default_hub()`` if omitted).
-        per: ``"host"`` (a breaker per ``host:port``), ``"route"`` (per
-            ``host:port/path``; a path with ids in it makes a breaker per id,
-            so prefer a callable there), or a callable giving the breaker
-            name of a request.
-        defaults: the breakers' creator defaults: a ``BreakerConfig``, or a
-            mapping of fields over ``HTTP_DEFAULTS`` (the default).
-        total: the request timeout the learned slow limit must stay under
-            (the ceiling of ``slow_call_duration="auto"`` is half of it).
-
-    Raises:
-        ConfigError: an option is invalid (the message names it).
-    """
-    from resilient.http._pipeline import pipeline
-
-    return pipeline(breaker=breaker_layer(hub, per=per, defaults=defaults, total=total))
 
 
 def breaker_layer(

@@ -31,11 +31,12 @@ them around aiohttp's handler in one coroutine:
 - propagation (``Propagation``): ``write`` puts the gray tag and the deadline
   header on the attempt.
 
-Each ``*_middleware`` is a pipeline of one layer; ``session()`` builds one
-of all of them. A pipeline that lacks a layer publishes, in context
-variables, what that layer would read if it came later as a middleware of
-its own (the request's expiry, the guarding breaker, the attempt's bound),
-so separately stacked middlewares cooperate as the single pipeline does.
+Each ``*_middleware`` (``_middleware.py``) is a pipeline of one layer;
+``session()`` builds one of all of them. A pipeline that lacks a layer
+publishes, in context variables, what that layer would read if it came later
+as a middleware of its own (the request's expiry, the guarding breaker, the
+attempt's bound: ``_shared.py``, with each host's state), so separately
+stacked middlewares cooperate as the single pipeline does.
 
 Concurrency: one event loop per session. The host table is filled on first
 use; breakers are created under the hub's lock, so racing sessions share one.
@@ -45,95 +46,30 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn
 
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
 
-from resilient._deadline_header import LastFormatted
 from resilient.errors import CircuitOpenError
-from resilient.http._breaker import HostCircuitOpenError, guarding, is_failure
+from resilient.http._breaker import HostCircuitOpenError, is_failure
 from resilient.http._propagation import Propagation
-from resilient.http._retry import (
-    RetryLayer,
+from resilient.http._retry import RetryLayer
+from resilient.http._shared import (
+    Hosts,
+    guarding,
     is_idempotent,
     outer_expiry,
+    publish_bound,
     publish_expiry,
     replayable,
 )
-from resilient.http._timeouts import TOTAL_MARGIN, TimeoutLayer, expired, publish_bound
+from resilient.http._timeouts import TOTAL_MARGIN, TimeoutLayer, expired
 from resilient.retry import RetryState
 
 if TYPE_CHECKING:
-    from resilient.breaker import CircuitBreaker
-    from resilient.budget import RetryBudget
     from resilient.http._breaker import BreakerLayer
-    from resilient.http._timeouts import _Learned
 
-__all__ = ["Host", "Hosts", "Layer", "pipeline"]
-
-
-class Host:
-    """One session's state for one ``host:port``: each layer keeps its slots here."""
-
-    __slots__ = (
-        "breaker",
-        "budget",
-        "clock",
-        "deadline_text",
-        "deposit_at",
-        "learned",
-        "pending",
-        "streak",
-    )
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock  # the loop's (see ``loop_clock``)
-        self.breaker: CircuitBreaker | None = None  # the breaker layer's (per host)
-        self.budget: RetryBudget | None = None  # the retry layer's budget ...
-        self.pending = 0  # ... requests not yet deposited in it ...
-        self.deposit_at = -math.inf  # ... the loop time their batch is due ...
-        self.streak = 0  # ... and its count of failed attempts in a row
-        self.learned: _Learned | None = None  # the timeout layer's attempt timeout
-        self.deadline_text = LastFormatted()  # the deadline header's value of a bound
-
-
-class Layer(Protocol):
-    """What the host table asks of a layer: fill its slots of a new ``Host``."""
-
-    def adopt(self, host: Host, req: ClientRequest) -> None: ...
-
-
-class Hosts:
-    """The ``Host`` of each ``(host, port)`` a session has sent to, made on first use."""
-
-    __slots__ = ("_layers", "by_key")
-
-    def __init__(self, layers: Sequence[Layer]) -> None:
-        self._layers = tuple(layers)
-        self.by_key: dict[tuple[str | None, int | None], Host] = {}
-
-    def add(self, req: ClientRequest) -> Host:
-        """The request's ``Host``, made (each layer filling its slots) if it is new."""
-        url = req.url
-        key = (url.raw_host, url.port)
-        found = self.by_key.get(key)
-        if found is None:
-            host = Host(loop_clock(req.loop))
-            for layer in self._layers:
-                layer.adopt(host, req)
-            found = self.by_key.setdefault(key, host)
-        return found
-
-
-def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
-    """The loop's clock: for asyncio's own loops, ``time.monotonic`` itself.
-
-    A breaker reading the same clock (the default) then shares the
-    pipeline's readings: one reading at each end of an attempt, not two.
-    """
-    return time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+__all__ = ["pipeline"]
 
 
 def pipeline(

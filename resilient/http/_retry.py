@@ -40,12 +40,11 @@ import asyncio
 import email.utils
 import time
 from collections.abc import Callable, Collection
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, cast
 
 import aiohttp
-from aiohttp import ClientMiddlewareType, ClientRequest, ClientResponse
+from aiohttp import ClientRequest, ClientResponse
 
 from resilient.budget import RetryBudget
 from resilient.deadline import _current
@@ -55,24 +54,16 @@ from resilient.retry import FullJitter, RetryState
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
-    from resilient.http._pipeline import Host
+    from resilient.http._shared import Host
 
 __all__ = [
-    "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
     "Retries",
     "RetryLayer",
-    "is_idempotent",
-    "outer_expiry",
     "parse_retry_after",
-    "publish_expiry",
-    "replayable",
     "retry_layer",
-    "retry_middleware",
 ]
 
-#: Methods RFC 9110 defines as idempotent: sending one twice has the effect of sending it once.
-IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Statuses retried by default: rate limited, and the 5xx that big API clients retry.
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 #: Errors worth a retry: the connection failed, or the attempt ran out of time.
@@ -88,32 +79,7 @@ STREAK: Final = 5
 #: at most: one lock per batch instead of a clock read per request.
 DEPOSIT_EVERY: Final = 0.05
 
-_IDEMPOTENCY_KEY: Final = "Idempotency-Key"
-
 Wait = Callable[["RetryCallState"], float]
-
-#: Loop time by which the current request (all its attempts) must end, or None.
-_expiry: ContextVar[float | None] = ContextVar("resilient.http.expiry", default=None)
-
-
-#: The expiry published by a retry middleware before this one, or None (the
-#: variable's own ``get``: no Python call on the success path).
-outer_expiry: Callable[[], float | None] = _expiry.get
-
-
-def publish_expiry(expiry: float) -> Token[float | None]:
-    """Publish the request's expiry for a timeout middleware after this one."""
-    return _expiry.set(expiry)
-
-
-def is_idempotent(req: ClientRequest) -> bool:
-    """Whether sending ``req`` twice is as safe as sending it once."""
-    return req.method in IDEMPOTENT_METHODS or _IDEMPOTENCY_KEY in req.headers
-
-
-def replayable(req: ClientRequest) -> bool:
-    """A streamed body (a generator, an unseekable file) cannot be sent again."""
-    return not getattr(req.body, "consumed", False)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -283,24 +249,3 @@ def retry_layer(retries: Retries | None = None, *, total: float | None = None) -
     ):
         raise ConfigError(f"total must be a number > 0, got {total!r}", field="total", value=total)
     return RetryLayer(retries, total)
-
-
-def retry_middleware(
-    retries: Retries | None = None, *, total: float | None = None
-) -> ClientMiddlewareType:
-    """A client middleware that retries idempotent requests within a per-host budget.
-
-    Put it before (outside) the breaker middleware, so every attempt goes
-    through the breaker and a rejection is never retried.
-
-    Args:
-        retries: what to retry and how (``Retries()`` if omitted).
-        total: seconds the whole request may take, retries included; defaults
-            to the session's ``ClientTimeout.total``.
-
-    Raises:
-        ConfigError: ``retries`` or ``total`` is invalid.
-    """
-    from resilient.http._pipeline import pipeline
-
-    return pipeline(retry=retry_layer(retries, total=total))

@@ -32,7 +32,8 @@ from resilient.http._pipeline import pipeline
 from resilient.http._profiles import Profile
 from resilient.http._profiles import profile as _profile
 from resilient.http._propagation import Propagation
-from resilient.http._retry import Retries, is_idempotent, retry_layer
+from resilient.http._retry import Retries, retry_layer
+from resilient.http._shared import is_idempotent
 from resilient.http._timeouts import Timeouts, timeout_layer
 from resilient.hub import Hub
 

@@ -44,23 +44,21 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import aiohttp
-from aiohttp import ClientMiddlewareType, ClientRequest, ClientResponse, StreamReader
+from aiohttp import ClientRequest, ClientResponse, StreamReader
 
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded
-from resilient.http._breaker import guard
-from resilient.http._retry import is_idempotent
+from resilient.http._shared import guard, is_idempotent
 from resilient.latency import SAMPLE_GAP, Recent
 
 if TYPE_CHECKING:
     from resilient.breaker import CircuitBreaker
-    from resilient.http._pipeline import Host
+    from resilient.http._shared import Host
 
 __all__ = [
     "ATTEMPT_FLOOR",
@@ -71,11 +69,8 @@ __all__ = [
     "TimeoutLayer",
     "Timeouts",
     "Watchdog",
-    "attempt_bound",
     "expired",
-    "publish_bound",
     "timeout_layer",
-    "timeout_middleware",
 ]
 
 #: "auto" attempt timeout: this many times ...
@@ -105,10 +100,6 @@ SOCK_CONNECT: Final = 2.0
 TOTAL_MARGIN: Final = 0.002
 
 _ATTEMPT, _TOTAL, _DEADLINE, _BODY = "attempt", "total", "deadline", "body"
-
-#: Loop time at which the current attempt's bound expires, for a deadline header
-#: written by a later middleware (see ``publish_bound``).
-_attempt_expiry: ContextVar[float | None] = ContextVar("resilient.http.attempt", default=None)
 
 
 class AttemptTimeoutError(aiohttp.ServerTimeoutError):
@@ -190,18 +181,6 @@ class Timeouts:
 
 def _clip(value: float | None, total: float) -> float | None:
     return None if value is None else min(value, total)
-
-
-def attempt_bound(req: ClientRequest) -> float | None:
-    """Seconds left on the current attempt's bound, or None (for a deadline header).
-
-    For a middleware after the HTTP layer's that writes its own deadline
-    header (with ``propagate=False``); the layer's own propagation needs it not.
-    """
-    expiry = _attempt_expiry.get()
-    if expiry is None:
-        return None
-    return expiry - asyncio.get_running_loop().time()
 
 
 class _Learned(Recent):
@@ -438,11 +417,6 @@ class TimeoutLayer:
             response.connection.add_callback(done)
 
 
-def publish_bound(expiry: float) -> Token[float | None]:
-    """Publish the attempt's expiry (loop time) for a later middleware (see ``attempt_bound``)."""
-    return _attempt_expiry.set(expiry)
-
-
 def timeout_layer(
     timeouts: Timeouts | None = None,
     *,
@@ -461,30 +435,6 @@ def timeout_layer(
             f"timeouts must be a Timeouts, got {timeouts!r}", field="timeouts", value=timeouts
         )
     return TimeoutLayer(timeouts, applies, bounds_body=bounds_body)
-
-
-def timeout_middleware(
-    timeouts: Timeouts | None = None,
-    *,
-    applies: Callable[[ClientRequest], bool] = is_idempotent,
-) -> ClientMiddlewareType:
-    """A client middleware that bounds each attempt (see the module docstring).
-
-    Put it after (inside) the breaker middleware, so a timed-out attempt is
-    counted as a failure.
-
-    Args:
-        timeouts: the layers; ``Timeouts()`` if omitted. Without a retry
-            middleware before it, the total is counted from this middleware.
-        applies: which requests get the attempt timeout (idempotent ones by
-            default; the others are bounded by the total and the deadline).
-
-    Raises:
-        ConfigError: ``timeouts`` is not a ``Timeouts``.
-    """
-    from resilient.http._pipeline import pipeline
-
-    return pipeline(timeout=timeout_layer(timeouts, applies=applies))
 
 
 def expired(req: ClientRequest, entry: Entry) -> Exception:

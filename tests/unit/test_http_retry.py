@@ -10,8 +10,8 @@ from resilient.budget import RetryBudget
 from resilient.deadline import deadline
 from resilient.errors import CircuitOpenError, ConfigError, DeadlineExceeded
 from resilient.http import IDEMPOTENT_METHODS, RETRY_STATUSES, Retries, parse_retry_after
-from resilient.http._pipeline import Host
 from resilient.http._retry import DEPOSIT_EVERY, STREAK, RetryLayer
+from resilient.http._shared import Host
 from resilient.retry import RetryState
 
 

@@ -277,7 +277,7 @@ async def test_a_body_past_its_expiry_is_cut_once_and_dropped() -> None:
 def test_the_pipeline_shares_asyncio_s_clock_but_not_another_loop_s() -> None:
     import time
 
-    from resilient.http._pipeline import loop_clock
+    from resilient.http._shared import loop_clock
 
     class OwnClock(asyncio.SelectorEventLoop):
         def time(self) -> float:
