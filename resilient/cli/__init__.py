@@ -23,9 +23,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
+
+from resilient.cli._exit import (
+    EXIT_CONFLICT,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    fail,
+)
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -38,12 +47,6 @@ __all__ = [
     "main",
 ]
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_CONFLICT = 4
-
 app = typer.Typer(
     name="resilient",
     help="Resilience middleware toolkit: breakers, deadlines, live config.",
@@ -51,12 +54,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,  # a plain traceback, never local variables (secrets)
 )
-
-
-def fail(code: int, message: str) -> NoReturn:
-    """Print ``resilient: error: <message>`` on stderr and exit with ``code``."""
-    typer.echo(f"resilient: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _version(value: bool) -> None:

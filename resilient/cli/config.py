@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from resilient.cli import EXIT_CONFLICT, EXIT_INVALID, EXIT_UNREACHABLE, fail
+from resilient.cli._exit import EXIT_CONFLICT, EXIT_INVALID, EXIT_UNREACHABLE, fail
 
 if TYPE_CHECKING:
     from resilient.config.document import ConfigDocument, KeyChange

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from resilient.cli import EXIT_INVALID, EXIT_UNREACHABLE, fail
+from resilient.cli._exit import EXIT_INVALID, EXIT_UNREACHABLE, fail
 
 if TYPE_CHECKING:
     import redis

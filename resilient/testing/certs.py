@@ -33,7 +33,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from resilient.testing.servers import _which
+from resilient.testing._binaries import which
 
 __all__ = ["Certificates", "make_certificates"]
 
@@ -106,7 +106,7 @@ def make_certificates(
         raise ValueError("hosts must name at least one IP address or DNS name")
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days!r}")
-    binary = _which(openssl, "install OpenSSL (e.g. apt-get install openssl)")
+    binary = which(openssl, "install OpenSSL (e.g. apt-get install openssl)")
     root = Path(directory)
     config = root / "openssl.cnf"
     config.write_text(_config(", ".join(_alt_name(h) for h in hosts)))

@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import quote
 
+from resilient.testing._binaries import MissingBinaryError, which
+
 if TYPE_CHECKING:
     import redis
     from mirakuru import Executor
@@ -53,27 +55,12 @@ PORT_ATTEMPTS = 4  # fresh ports to try when another process grabs ours first
 LOG_TAIL = 2000  # characters of the server log quoted in a start error
 
 
-class MissingBinaryError(FileNotFoundError):
-    """The server's executable is not on PATH."""
-
-    def __init__(self, binary: str, hint: str) -> None:
-        self.binary = binary
-        super().__init__(f"{binary!r} was not found on PATH; {hint}")
-
-
 class ServerStartError(RuntimeError):
     """The server process exited, never became ready, or found its port taken."""
 
     def __init__(self, message: str, *, port_conflict: bool = False) -> None:
         self.port_conflict = port_conflict
         super().__init__(message)
-
-
-def _which(binary: str, hint: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        raise MissingBinaryError(binary, hint)
-    return path
 
 
 def _free_port(exclude: set[int]) -> int:
@@ -270,7 +257,7 @@ class RedisServer(_Server):
         binary: str = "redis-server",
         start_timeout: float = START_TIMEOUT,
     ) -> None:
-        self._binary = _which(binary, "install Redis (e.g. apt-get install redis-server)")
+        self._binary = which(binary, "install Redis (e.g. apt-get install redis-server)")
         super().__init__(start_timeout)
         self._password = password
         self._tls = tls
@@ -401,7 +388,7 @@ class EtcdServer(_Server):
         start_timeout: float = START_TIMEOUT,
     ) -> None:
         hint = "install etcd (e.g. apt-get install etcd-server etcd-client)"
-        self._binary = _which(binary, hint)
+        self._binary = which(binary, hint)
         self._etcdctl_name = etcdctl
         super().__init__(start_timeout)
         self.peer_port = 0
@@ -460,7 +447,7 @@ class EtcdServer(_Server):
         Raises:
             RuntimeError: etcdctl exited non-zero (its stderr is quoted).
         """
-        binary = _which(self._etcdctl_name, "install etcdctl (e.g. apt-get install etcd-client)")
+        binary = which(self._etcdctl_name, "install etcdctl (e.g. apt-get install etcd-client)")
         env = {**os.environ, "ETCDCTL_API": "3"}
         done = subprocess.run(
             [binary, "--endpoints", self.endpoint, *args],
