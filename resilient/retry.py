@@ -21,6 +21,10 @@ Rules that hold whatever the strategies say:
 
 The decision after each attempt is one sync method, ``Retry._plan``, which
 never awaits; the sync and async loops only carry it out.
+
+Layout: over 500 lines because those loops are written out as sync and
+async twins (a first attempt with nothing around it, then the loop), side by
+side so that a change to one is seen beside the other.
 """
 
 from __future__ import annotations

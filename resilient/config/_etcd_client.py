@@ -18,6 +18,9 @@ compacted revision) with a message that is safe to log: no password, no token.
 
 aetcd and grpc are imported when a client is first connected, never at
 ``import resilient``. One client serves one event loop.
+
+Layout: over 500 lines so that the interface, its data and its one
+implementation are in one file: swapping the client touches nothing else.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ stays equal to etcd's, revision by revision, whatever etcd does.
 
 Runs in one event loop. Secrets (the password, auth tokens) never appear in
 ``repr()`` or in log lines.
+
+Layout: ``EtcdSource`` is over 300 lines because loading, watching with its
+reconnects and pushing share one revision and one connection; the wire is
+apart (``_etcd_client.py``), as is the document (``document.py``).
 """
 
 from __future__ import annotations

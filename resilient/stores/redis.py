@@ -24,6 +24,11 @@ restarted empty is an outage followed by a fleet state rebuilt from what the
 processes send; a script missing after a restart is loaded again.
 
 Secrets: a URL's password is never logged nor shown in ``repr``.
+
+Layout: over 500 lines, one class, on purpose. The connection, the flush
+loop, the listener and the outage bookkeeping share one reconnect state and
+one loop, and are read together; the fleet rules are apart (``_lua.py``), as
+is the breaker's side of a sync (``fleet_sync.py``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ requests end when the client goes away (aiohttp's handler cancellation) or
 the server closes, so closing never waits on them and leaks no task.
 
 Concurrency: one event loop; counters are plain ints touched only by it.
+
+Layout: over 500 lines because the behaviour, the server that plays it and
+the process that hosts it are one fixture, read and changed together.
 """
 
 from __future__ import annotations
