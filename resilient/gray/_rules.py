@@ -85,8 +85,8 @@ def check_key(field: str, key: object) -> str:
     """``key`` if it is a W3C tracestate key; ``ConfigError`` naming ``field`` if not."""
     if not isinstance(key, str) or not is_key(key):
         raise ConfigError(
-            f"{field} must be a W3C tracestate key (a-z first, then a-z 0-9 _ - * /, "
-            f"or tenant@system), got {key!r}",
+            f"{field} must be a W3C tracestate key (a-z or 0-9, then up to 255 of "
+            f"a-z 0-9 _ - * / @), got {key!r}",
             field=field,
             value=key,
         )

@@ -1,10 +1,13 @@
 """W3C Trace Context grammar: ``traceparent`` and ``tracestate``, parsed and written.
 
-The grammar is the one the W3C trace-context test suite checks (and the one
-opentelemetry-api uses): a key is either a simple key, ``lcalpha`` then up to
-255 of ``a-z 0-9 _ - * /``, or a multi-tenant key ``tenant@system`` with a
-tenant of up to 241 and a system of up to 14 characters; a value is 1 to 256
-printable ASCII characters other than ``,`` and ``=``, not ending in a space.
+The grammar is the current W3C one (the spec's ABNF, and the trace-context
+test suite since its revision acab820, 2026-06): a key is
+``(lcalpha / DIGIT) 0*255(keychar)`` with ``keychar`` one of
+``a-z 0-9 _ - * / @``, so an ``@`` may stand anywhere after the first
+character (``foo@``, ``foo@@bar``; not ``@foo``) and a key has at most 256
+characters (the old ``tenant@system`` 241/14 split is gone); a value is 1 to
+256 printable ASCII characters other than ``,`` and ``=``, not ending in a
+space. (opentelemetry-api 1.45 still checks the old key grammar.)
 
 Rules this module enforces, all from the spec:
 
@@ -14,8 +17,12 @@ Rules this module enforces, all from the spec:
   tracestate is not parsed at all;
 * a ``tracestate`` is the comma-joined list of all its header fields; empty
   and whitespace-only members are allowed and ignored; one member breaking the
-  key or value grammar, a duplicate key, or more than 32 members makes the
-  *whole* tracestate invalid (it is dropped, never repaired);
+  key or value grammar, or more than 32 members, makes the *whole* tracestate
+  invalid (it is dropped, never repaired);
+* a duplicated key is not invalid. Whoever forwards the tracestate as
+  received (a pass-through) keeps it as it is; a parse, which is for a
+  participant that rewrites the list and for reading the gray member, keeps
+  the first member of each key (W3C: vendors MAY discard duplicates);
 * writing a member puts it first, keeps the other members in order and
   byte for byte, and drops members from the end to stay within 32.
 
@@ -46,9 +53,7 @@ MAX_MEMBERS: Final = 32
 
 Members = list[tuple[str, str]]
 
-_KEY: Final = re.compile(
-    r"[a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13}"
-)
+_KEY: Final = re.compile(r"[a-z0-9][_0-9a-z*/@-]{0,255}")
 _VALUE: Final = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 _MEMBER: Final = re.compile(f"({_KEY.pattern})=({_VALUE.pattern})")
 # version-trace_id-parent_id-flags, then (future versions only) "-" and more.
@@ -93,25 +98,29 @@ def parse_traceparent(values: Sequence[str]) -> str | None:
 def parse_tracestate(values: Iterable[str]) -> Members | None:
     """The members of a tracestate, in order, or ``None`` if it is invalid.
 
+    A key that comes more than once keeps its first member (W3C: vendors MAY
+    discard duplicates); every member received counts towards the 32.
+
     Args:
         values: every ``tracestate`` header field, in the order received;
             they are combined as one comma-separated list (RFC 9110 5.3).
     """
     members: Members = []
     seen: set[str] = set()
+    count = 0
     for field in values:
         for raw in field.split(","):
             member = raw.strip(_OWS)
             if not member:
                 continue
             match = _MEMBER.fullmatch(member)
-            if match is None or len(members) == MAX_MEMBERS:
+            if match is None or count == MAX_MEMBERS:
                 return None
+            count += 1
             key, value = match.groups()
-            if key in seen:
-                return None
-            seen.add(key)
-            members.append((key, value))
+            if key not in seen:
+                seen.add(key)
+                members.append((key, value))
     return members
 
 

@@ -266,7 +266,7 @@ async def test_with_no_trace_context_only_the_header_travels(sdk: bool) -> None:
 async def test_stable_traffic_and_malformed_input_travel_untagged(sdk: bool) -> None:
     bad = {
         "traceparent": TP,
-        "tracestate": "foo=1,gray=canary,gray=again",  # duplicate key: dropped whole
+        "tracestate": "foo=1,gray=canary,@gray=again",  # a key starting with @: dropped whole
         "x-gray": "can ary",
         "x-request-timeout-ms": "soon",
     }

@@ -124,12 +124,23 @@ def test_inspect_keeps_the_valid_trace_context_byte_for_byte() -> None:
         {"traceparent": ["00-zz"], "tracestate": ["gray=canary"]},  # invalid traceparent
         {"traceparent": [TP, TP], "tracestate": ["gray=canary"]},  # duplicated traceparent
         {"traceparent": [TP], "tracestate": ["gray=canary,Bad=1"]},  # invalid member
-        {"traceparent": [TP], "tracestate": ["gray=canary,gray=other"]},  # duplicate key
+        {"traceparent": [TP], "tracestate": ["gray=canary,@gray=1"]},  # key starts with @
+        {"traceparent": [TP], "tracestate": ["gray=canary," + "z" * 257 + "=1"]},  # key too long
     ],
 )
 def test_invalid_trace_context_yields_no_tracestate_tag(found: dict[str, list[str]]) -> None:
     inbound = Recognizer().inspect(found)
     assert inbound is None or (inbound.tag is None and inbound.tracestate is None)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [["gray=canary,gray=other"], ["gray=canary", "gray=other"], ["foo=1,gray=canary,foo=2,gray=x"]],
+)
+def test_a_duplicated_key_is_valid_and_the_first_gray_member_is_the_tag(fields: list[str]) -> None:
+    inbound = Recognizer().inspect({"traceparent": [TP], "tracestate": fields})
+    assert inbound is not None and inbound.tag == GrayTag("canary", "tracestate")
+    assert inbound.tracestate == ",".join(fields), "kept as received, for a pass-through"
 
 
 def test_an_invalid_traceparent_drops_both_headers() -> None:
