@@ -101,6 +101,13 @@ class Recent:
         self.next_at = now + self._gap
         return True
 
+    def slowest(self) -> float:
+        """The longest of the durations held; 0.0 if none."""
+        held = min(self._count, len(self._ring))
+        if held == 0:
+            return 0.0
+        return max(self._ring if held == len(self._ring) else self._ring[:held])
+
     def quantile(self, q: float) -> float:
         """The ``q`` quantile (nearest rank) of the durations held; 0.0 if none."""
         held = min(self._count, len(self._ring))

@@ -146,7 +146,7 @@ def pipeline(
                         ticket = br._begin(began, task)
                 except BaseException as exc:
                     if bound is not None and watchdog is not None:
-                        watchdog.release(req)  # the attempt will not be made
+                        watchdog.withdraw(req)  # the attempt will not be made
                     if isinstance(exc, CircuitOpenError):
                         raise HostCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
                     raise

@@ -120,8 +120,12 @@ class Learned(Protocol):
 
     seconds: float  # the attempt timeout in force
     next_at: float  # loop time before which no sample is wanted
+    attempts: int  # attempts it bounded ...
+    hung_until: int  # ... hang symptoms while there are fewer than this
 
     def observe(self, duration: float, now: float) -> None: ...
+
+    def overran(self) -> bool: ...
 
 
 # ---------------------------------------------------------------------- the published context

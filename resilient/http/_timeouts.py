@@ -8,10 +8,15 @@ and ``total`` become the session's ``aiohttp.ClientTimeout`` (each clipped to
 retries included (the pipeline computes the request's expiry once, see
 ``resilient.http._pipeline``). ``attempt`` bounds one attempt, from sending
 to the response headers, so that a retry still fits in ``total``; ``"auto"``
-learns it per host from the latency the host shows while healthy:
-``ATTEMPT_MULTIPLE`` (10) times the 90th percentile of recent good answers,
-never below ``ATTEMPT_FLOOR`` (50 ms) nor the slow limit of the host's
-breaker (so a timed-out attempt is a slow call), never above ``total``.
+learns it per host from the latency the host shows while healthy
+(``resilient.http._attempt``: the typical answers, and the tail that
+succeeds), never below the slow limit of the host's breaker (so a timed-out
+attempt is a slow call), never above ``total``. An attempt that reaches a
+learned bound at a host without hang symptoms is not cut there but given
+``ATTEMPT_PATIENCE`` times the bound (within ``total`` and the deadline):
+the bound is learned from censored data, and only a slow answer let through
+shows the learner the tail it would otherwise cut and retry for ever. A
+fixed ``attempt`` is the caller's own number and is always cut at.
 
 ``TimeoutLayer.arm`` bounds each attempt at the tightest of: the attempt
 timeout (idempotent requests only, the ones a retry can follow), what is
@@ -22,7 +27,8 @@ Otherwise the bound goes on the layer's ``Watchdog`` (one loop timer for all
 attempts), and an expiry fails the attempt with ``AttemptTimeoutError`` (an
 ``aiohttp.ServerTimeoutError``, so a ``TimeoutError`` and an
 ``aiohttp.ClientError``), which the breaker counts as a failure and the retry
-layer retries. The bound is also what the deadline header carries.
+layer retries. The bound is also what the deadline header carries: for a
+learned bound at a host without hang symptoms, the patience beyond it.
 
 The response body is read after the middlewares return, and ``total``
 bounds it too. A middleware alone leaves that to aiohttp's own ``total`` (the
@@ -53,17 +59,15 @@ from aiohttp import ClientRequest, ClientResponse, StreamReader
 
 from resilient.deadline import _current
 from resilient.errors import ConfigError, DeadlineExceeded
+from resilient.http._attempt import ATTEMPT_FLOOR, ATTEMPT_PATIENCE, AttemptLearner
 from resilient.http._shared import guard, is_idempotent
-from resilient.latency import SAMPLE_GAP, Recent
 
 if TYPE_CHECKING:
     from resilient.breaker import CircuitBreaker
-    from resilient.http._shared import Host
+    from resilient.deadline import deadline
+    from resilient.http._shared import Host, Learned
 
 __all__ = [
-    "ATTEMPT_FLOOR",
-    "ATTEMPT_MULTIPLE",
-    "ATTEMPT_SAMPLE_GAP",
     "TOTAL_MARGIN",
     "AttemptTimeoutError",
     "TimeoutLayer",
@@ -73,23 +77,6 @@ __all__ = [
     "timeout_layer",
 ]
 
-#: "auto" attempt timeout: this many times ...
-ATTEMPT_MULTIPLE: Final = 10.0
-#: ... the 90th percentile of the host's recent healthy answers (not the 99th:
-#: a pause that delays a few percent of them, a GC or a busy CPU, must not
-#: inflate it) ...
-ATTEMPT_QUANTILE: Final = 0.9
-#: ... but never below this (seconds): fast hosts jitter, and a retry must be rare.
-ATTEMPT_FLOOR: Final = 0.05
-#: Answers the percentile is taken over, how many it is first learned from, and
-#: how often (in answers) it is learned again.
-ATTEMPT_SAMPLES: Final = 256
-ATTEMPT_FIRST: Final = 32
-ATTEMPT_RELEARN: Final = 64
-#: Once learned, at most one answer per this many seconds is sampled (1,000 a
-#: second, ``resilient.latency.SAMPLE_GAP``): at higher rates a sample
-#: describes the host as well, and costs less.
-ATTEMPT_SAMPLE_GAP: Final = SAMPLE_GAP
 #: The TCP connect timeout by default: one lost SYN is retransmitted after 1 s
 #: (Linux's initial RTO), and a TLS handshake follows.
 SOCK_CONNECT: Final = 2.0
@@ -183,41 +170,19 @@ def _clip(value: float | None, total: float) -> float | None:
     return None if value is None else min(value, total)
 
 
-class _Learned(Recent):
-    """The attempt timeout learned from one host's healthy answers.
-
-    ``seconds`` is ``ATTEMPT_MULTIPLE`` times the ``ATTEMPT_QUANTILE`` of the
-    last ``ATTEMPT_SAMPLES`` healthy answers, clipped to ``[floor, ceiling]``;
-    it is ``ceiling`` (the total) until ``ATTEMPT_FIRST`` answers were seen,
-    and is learned again every ``ATTEMPT_RELEARN`` samples. Only answers
-    shorter than the timeout in force can be seen, so the estimate follows a
-    host that slows down gradually, within the multiple's headroom. Once
-    learned, it takes at most one answer per ``ATTEMPT_SAMPLE_GAP``
-    (``Recent``): the pipeline skips the call while ``now < next_at``.
-    """
-
-    __slots__ = ("_ceiling", "_floor", "seconds")
-
-    def __init__(self, floor: float, ceiling: float) -> None:
-        super().__init__(ATTEMPT_SAMPLES, ATTEMPT_FIRST, ATTEMPT_RELEARN, ATTEMPT_SAMPLE_GAP)
-        self._floor = floor
-        self._ceiling = ceiling
-        self.seconds = ceiling
-
-    def observe(self, duration: float, now: float) -> None:
-        """A healthy answer that took ``duration`` ended at ``now`` (loop time)."""
-        if self.add(duration, now):
-            typical = self.quantile(ATTEMPT_QUANTILE)
-            self.seconds = min(self._ceiling, max(self._floor, ATTEMPT_MULTIPLE * typical))
-
-
 class _Cuttable(Protocol):
     def cancel(self) -> object: ...
 
 
-#: A watched attempt: (expiry, its task, which bound, the bound's seconds), or
-#: a body: (expiry, its ``_BodyCut``, "body", the total).
-Entry = tuple[float, _Cuttable, str, float]
+#: What a learned bound does when an attempt reaches it: (the learner, the
+#: expiry it may wait on to, which bound that is and its seconds); the expiry
+#: is the entry's own when the host showed hang symptoms at the start, and
+#: ``math.inf`` when an armed deadline's own timer serves.
+Patience = tuple["Learned", float, str, float]
+#: A watched attempt: (expiry, its task, which bound, the bound's seconds, its
+#: ``Patience`` if the bound was learned, else None), or a body: (expiry, its
+#: ``_BodyCut``, "body", the total, None).
+Entry = tuple[float, _Cuttable, str, float, Patience | None]
 
 
 class Watchdog:
@@ -237,6 +202,11 @@ class Watchdog:
     timeout (``asyncio.timeout``'s protocol: a caller's own cancellation stays
     a cancellation). A body's entry is cut by failing its stream, and is
     dropped then or when the body ends (``forget``): nobody asks after it.
+
+    An attempt that reaches a learned bound is reported to its learner
+    (``AttemptLearner.overran``); if the host shows no hang symptoms and the
+    attempt's ``Patience`` allows, its entry is replaced by one at the longer
+    expiry instead of being cut.
 
     ``entries`` (key -> entry) and ``cut`` (keys cut, not yet released) are
     public because the pipeline's success path writes ``watch`` and
@@ -273,6 +243,17 @@ class Watchdog:
             return entry
         return None
 
+    def withdraw(self, key: object) -> None:
+        """End the watch of an attempt that will not be made (its breaker refused it).
+
+        It is not one of the attempts a learned bound counts either.
+        """
+        entry = self.entries.pop(key)
+        self.cut.discard(key)
+        patience = entry[4]
+        if patience is not None:
+            patience[0].attempts -= 1
+
     def forget(self, key: object) -> None:
         """End a body's watch, if it is still watched (its stream ended, or the connection went)."""
         self.entries.pop(key, None)
@@ -295,6 +276,14 @@ class Watchdog:
             if entry[2] is _BODY:
                 del self.entries[key]
             else:
+                patience = entry[4]
+                if patience is not None:
+                    learned, later, bound, seconds = patience
+                    if learned.overran() and later > entry[0]:
+                        # No hang symptoms: a slow answer may be on its way (the
+                        # host's tail, which the learner has yet to see). Wait on.
+                        self.watch(key, (later, entry[1], bound, seconds, None))
+                        return
                 self.cut.add(key)
             entry[1].cancel()
 
@@ -342,7 +331,7 @@ class TimeoutLayer:
 
     def adopt(self, host: Host, req: ClientRequest) -> None:
         if self._learn:
-            host.learned = _Learned(self._floor, self.total)
+            host.learned = AttemptLearner(self._floor, self.total)
 
     def arm(
         self,
@@ -358,12 +347,16 @@ class TimeoutLayer:
 
         ``applies``: whether the attempt timeout applies to ``req``. None when
         nothing of this layer's bounds the attempt: an armed deadline is the
-        tightest (its own timer serves), or there is no bound at all.
+        tightest (its own timer serves), or there is no bound at all. For a
+        learned bound at a host without hang symptoms, the seconds are those
+        it may wait on to (``ATTEMPT_PATIENCE``), the bound in force.
 
         Raises:
             AttemptTimeoutError, DeadlineExceeded: no time is left.
         """
-        limit, kind = expiry - now, _TOTAL
+        left = expiry - now  # of the total
+        limit, kind = left, _TOTAL
+        learned = None
         if applies:
             learned = host.learned
             if learned is None:
@@ -378,11 +371,11 @@ class TimeoutLayer:
                 limit, kind = own, _ATTEMPT
         scope = _current()
         if scope is not None:
-            left = scope.remaining()
-            if left <= limit:
+            remaining = scope.remaining()
+            if remaining <= limit:
                 if scope.armed:
                     return None
-                limit, kind = left, _DEADLINE
+                limit, kind = remaining, _DEADLINE
         if limit <= 0.0:
             raise _expired(req, kind, 0.0)
         if limit == math.inf:
@@ -391,10 +384,37 @@ class TimeoutLayer:
         if watchdog is None:
             watchdog = self.watchdog = Watchdog(req.loop)
         at = now + limit
-        watchdog.entries[req] = (at, task, kind, limit)  # watch(), written out: the hot path
+        patience = None
+        if learned is not None and kind is _ATTEMPT:
+            learned.attempts = attempts = learned.attempts + 1
+            if attempts < learned.hung_until:
+                patience = (learned, at, kind, limit)  # hang symptoms: cut at the bound
+            else:
+                patience = self._patience(learned, now, limit, left, scope)
+                watchdog.entries[req] = (at, task, kind, limit, patience)  # watch(), written out
+                if at < watchdog._at:
+                    watchdog._arm(at)
+                return patience[3]  # the bound in force, for the deadline header
+        watchdog.entries[req] = (at, task, kind, limit, patience)  # watch(), written out
         if at < watchdog._at:
             watchdog._arm(at)
         return limit
+
+    @staticmethod
+    def _patience(
+        learned: Learned, now: float, bound: float, left: float, scope: deadline | None
+    ) -> Patience:
+        """How long an attempt past its learned ``bound`` may wait on (total, deadline allowing)."""
+        seconds, kind = ATTEMPT_PATIENCE * bound, _ATTEMPT
+        if left <= seconds:
+            seconds, kind = left, _TOTAL
+        if scope is not None:
+            remaining = scope.remaining()
+            if remaining <= seconds:
+                if scope.armed:
+                    return (learned, math.inf, _DEADLINE, remaining)  # its own timer serves
+                seconds, kind = remaining, _DEADLINE
+        return (learned, now + seconds, kind, seconds)
 
     def bound_body(self, req: ClientRequest, response: ClientResponse, expiry: float) -> None:
         """Bound the rest of ``response``'s body by the request's ``expiry`` (loop time).
@@ -410,7 +430,7 @@ class TimeoutLayer:
         if watchdog is None:
             watchdog = self.watchdog = Watchdog(req.loop)
         cut = _BodyCut(content, req.url.origin(), self.total)  # as the attempts name it
-        watchdog.watch(content, (expiry, cut, _BODY, self.total))
+        watchdog.watch(content, (expiry, cut, _BODY, self.total, None))
         done = partial(watchdog.forget, content)
         content.on_eof(done)
         if response.connection is not None:

@@ -20,8 +20,8 @@ from resilient.http import (
     is_failure,
     route_key,
 )
+from resilient.http._attempt import ATTEMPT_FLOOR
 from resilient.http._breaker import _create
-from resilient.http._timeouts import ATTEMPT_FLOOR
 from resilient.hub import Hub
 
 

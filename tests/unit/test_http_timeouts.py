@@ -12,17 +12,20 @@ import pytest
 
 from resilient.errors import ConfigError
 from resilient.http import AttemptTimeoutError, Timeouts
-from resilient.http._timeouts import (
+from resilient.http._attempt import (
     ATTEMPT_FIRST,
     ATTEMPT_FLOOR,
     ATTEMPT_MULTIPLE,
+    ATTEMPT_PATIENCE,
     ATTEMPT_RELEARN,
     ATTEMPT_SAMPLE_GAP,
     ATTEMPT_SAMPLES,
-    Entry,
-    Watchdog,
-    _Learned,
+    ATTEMPT_TAIL,
+    HANG_OVERRUNS,
+    HANG_WINDOW,
 )
+from resilient.http._attempt import AttemptLearner as _Learned
+from resilient.http._timeouts import Entry, Watchdog
 
 
 def test_defaults_bound_every_request() -> None:
@@ -120,17 +123,74 @@ def test_learned_attempt_timeout_is_a_multiple_of_the_90th_percentile() -> None:
     # 80% of answers at 20 ms, 20% at 30 ms: the 90th percentile is 30 ms.
     feed(learned, ([0.02] * 4 + [0.03]) * ATTEMPT_SAMPLES)
     assert learned.seconds == pytest.approx(ATTEMPT_MULTIPLE * 0.03)
-    # 95% at 20 ms: the slowest 5% do not count.
-    feed(learned, ([0.02] * 19 + [0.5]) * ATTEMPT_SAMPLES)
+    # 95% at 20 ms, 5% at 150 ms: under 10x the 90th percentile, they change nothing.
+    feed(learned, ([0.02] * 19 + [0.15]) * ATTEMPT_SAMPLES)
     assert learned.seconds == pytest.approx(ATTEMPT_MULTIPLE * 0.02)
 
 
-def test_a_pause_that_delays_a_few_answers_does_not_move_it() -> None:
+def test_a_tail_that_succeeds_above_the_typical_bound_lifts_it_above_the_tail() -> None:
+    # 98% at 3 ms, 2% at 60 ms: 10x the 90th percentile is under the floor, so a
+    # bound from the typical answers alone would cut every answer of the tail.
+    learned = _Learned(ATTEMPT_FLOOR, 2.0)
+    feed(learned, ([0.003] * 49 + [0.06]) * ATTEMPT_SAMPLES)
+    assert learned.seconds == pytest.approx(ATTEMPT_TAIL * 0.06)
+    # 1% at 150 ms (50x): the same.
+    feed(learned, ([0.003] * 99 + [0.15]) * ATTEMPT_SAMPLES)
+    assert learned.seconds == pytest.approx(ATTEMPT_TAIL * 0.15)
+    # Once the tail is gone from the recent answers, the typical ones decide again.
+    feed(learned, [0.003] * (ATTEMPT_SAMPLES + ATTEMPT_RELEARN))
+    assert learned.seconds == ATTEMPT_FLOOR
+
+
+def test_a_pause_under_the_bound_does_not_move_it_and_a_longer_one_lasts_a_ring() -> None:
     learned = _Learned(ATTEMPT_FLOOR, 2.0)
     feed(learned, [0.02] * ATTEMPT_SAMPLES)
     assert learned.seconds == pytest.approx(0.2)
-    feed(learned, [0.5] * 10 + [0.02] * (ATTEMPT_RELEARN * 2 - 10))  # a 0.5 s pause
+    feed(learned, [0.15] * 10 + [0.02] * (ATTEMPT_RELEARN * 2 - 10))  # a 0.15 s pause
     assert learned.seconds == pytest.approx(0.2)
+    # Answers delayed past the bound that still came are the host's tail as far
+    # as the learner can tell: the bound sits above them while they are recent.
+    feed(learned, [0.5] * 10 + [0.02] * (ATTEMPT_RELEARN * 2 - 10))
+    assert learned.seconds == pytest.approx(ATTEMPT_TAIL * 0.5)
+    feed(learned, [0.02] * (ATTEMPT_SAMPLES + ATTEMPT_RELEARN))
+    assert learned.seconds == pytest.approx(0.2)
+
+
+def overruns(learned: _Learned, pattern: str) -> list[bool]:
+    """Attempts in order: "." ends in time, "x" reaches the bound; what each "x" was told."""
+    told = []
+    for mark in pattern:
+        learned.attempts += 1
+        if mark == "x":
+            told.append(learned.overran())
+    return told
+
+
+def test_overruns_as_rare_as_a_tail_never_show_hang_symptoms() -> None:
+    learned = _Learned(ATTEMPT_FLOOR, 2.0)
+    # 2% of attempts (1 in 50), for a long time: always a tail, never a hang.
+    assert all(overruns(learned, ("." * 49 + "x") * 200))
+    # HANG_OVERRUNS spread over more than HANG_WINDOW attempts: still a tail.
+    learned = _Learned(ATTEMPT_FLOOR, 2.0)
+    gap = "." * (HANG_WINDOW // (HANG_OVERRUNS - 1))
+    assert all(overruns(learned, ("x" + gap) * HANG_OVERRUNS))
+
+
+def test_overruns_as_frequent_as_hangs_show_symptoms_until_a_window_without_them() -> None:
+    learned = _Learned(ATTEMPT_FLOOR, 2.0)
+    assert overruns(learned, "." * 100) == []
+    # A brownout: a third of the attempts hang. The first HANG_OVERRUNS - 1 are
+    # given the benefit of the doubt; from the HANG_OVERRUNS-th on, symptoms.
+    told = overruns(learned, "..x" * 30)
+    assert told == [True] * (HANG_OVERRUNS - 1) + [False] * (30 - HANG_OVERRUNS + 1)
+    assert learned.attempts < learned.hung_until  # what arm() reads: cut at the bound
+    # Symptoms last until HANG_WINDOW attempts passed since the oldest of the
+    # last HANG_OVERRUNS overruns.
+    overruns(learned, "." * (HANG_WINDOW - HANG_OVERRUNS * 3))
+    assert learned.attempts < learned.hung_until
+    overruns(learned, "." * HANG_OVERRUNS * 3)
+    assert learned.attempts >= learned.hung_until
+    assert overruns(learned, "x") == [True]
 
 
 def test_learned_attempt_timeout_follows_a_host_that_slows_down_and_is_capped() -> None:
@@ -150,7 +210,7 @@ async def hang() -> None:
 
 
 def entry(task: asyncio.Task[object], expiry: float) -> Entry:
-    return (expiry, task, "attempt", 0.1)
+    return (expiry, task, "attempt", 0.1, None)
 
 
 async def test_the_watchdog_cuts_each_attempt_at_its_own_expiry() -> None:
@@ -195,6 +255,53 @@ async def test_two_attempts_of_one_task_are_watched_apart() -> None:
     await asyncio.wait([task], timeout=5.0)
     assert task.cancelled()  # the outer attempt's bound still held
     assert watchdog.release("outer") is not None
+
+
+async def test_an_attempt_past_a_learned_bound_waits_on_unless_the_host_shows_hang_symptoms() -> (
+    None
+):
+    loop = asyncio.get_running_loop()
+    watchdog = Watchdog(loop)
+    learned = _Learned(ATTEMPT_FLOOR, 2.0)
+    calm, hung = asyncio.create_task(hang()), asyncio.create_task(hang())
+    now = loop.time()
+    learned.attempts += 1
+    watchdog.watch(
+        "calm", (now + 0.02, calm, "attempt", 0.02, (learned, now + 0.2, "attempt", 0.2))
+    )
+    await asyncio.sleep(0.1)  # past the bound, before the longer one
+    assert not calm.done()  # no hang symptoms: it waits on ...
+    assert watchdog.entries["calm"][:4] == (now + 0.2, calm, "attempt", 0.2)
+    await asyncio.wait([calm], timeout=5.0)
+    assert calm.cancelled()  # ... and a hang is cut there
+    cut = watchdog.release("calm")
+    assert cut is not None and cut[3] == 0.2  # the error names the longer bound
+    # Hang symptoms (HANG_OVERRUNS recent overruns): cut at the bound itself.
+    overruns(learned, "x" * HANG_OVERRUNS)
+    assert learned.attempts < learned.hung_until
+    now = loop.time()
+    watchdog.watch("hung", (now + 0.02, hung, "attempt", 0.02, (learned, now + 30, "attempt", 30)))
+    await asyncio.wait([hung], timeout=5.0)
+    assert hung.cancelled()
+    cut = watchdog.release("hung")
+    assert cut is not None and cut[3] == 0.02
+
+
+async def test_a_refused_attempt_is_not_counted_by_the_learned_bound() -> None:
+    loop = asyncio.get_running_loop()
+    watchdog = Watchdog(loop)
+    learned = _Learned(ATTEMPT_FLOOR, 2.0)
+    task = asyncio.create_task(hang())
+    learned.attempts += 1  # arm() counted it; then its breaker refused it
+    watchdog.watch("key", (loop.time() + 30, task, "attempt", 30, (learned, 0.0, "attempt", 0)))
+    watchdog.withdraw("key")
+    assert learned.attempts == 0 and not watchdog.entries
+    task.cancel()
+
+
+def test_the_patience_is_the_bound_s_own_headroom() -> None:
+    assert ATTEMPT_PATIENCE == ATTEMPT_MULTIPLE
+    assert HANG_WINDOW == HANG_OVERRUNS * 10  # a share of 10%: what the 90th percentile sets aside
 
 
 def test_every_answer_feeds_it_until_first_learned_then_a_sample_of_them() -> None:
@@ -260,9 +367,9 @@ async def test_a_body_past_its_expiry_is_cut_once_and_dropped() -> None:
     watchdog = Watchdog(loop)
     late, ended, due = Cutter(), Cutter(), Cutter()
     now = loop.time()
-    watchdog.watch("due", (now + 0.02, due, "body", 1.0))
-    watchdog.watch("ended", (now + 0.02, ended, "body", 1.0))
-    watchdog.watch("late", (now + 30.0, late, "body", 1.0))
+    watchdog.watch("due", (now + 0.02, due, "body", 1.0, None))
+    watchdog.watch("ended", (now + 0.02, ended, "body", 1.0, None))
+    watchdog.watch("late", (now + 30.0, late, "body", 1.0, None))
     watchdog.forget("ended")  # its stream ended first
     watchdog.forget("never watched")  # a second end (eof, then the release) is harmless
     await asyncio.sleep(0.1)
