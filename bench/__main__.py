@@ -18,6 +18,7 @@ ALL = [
     "etcd_reload",
     "http_throughput",
     "instructions",
+    "long_tail",
     "chaos",
 ]
 
