@@ -3,6 +3,7 @@
     python -m bench.gray_asgi [--rounds 5] [--duration 3] [--connections 32]
                               [--load auto|wrk|aiohttp] [--requests 20000]
                               [--micro-calls 100000]
+    python -m bench.gray_asgi --instructions [--small 200] [--large 1200]
 
 End to end: two uvicorn processes (one a plain Starlette hello-world, one the
 same app under ``GrayMiddleware``) on loopback; a bounded load generator
@@ -23,6 +24,14 @@ printed; the CPU-based ratio and overhead are the figures to quote.
 
 Micro: the same app called directly as ASGI in one event loop, no server, to
 isolate the middleware's own cost per request for each kind of request.
+
+``--instructions``: the figure the machine's load cannot move. Each server
+runs under ``valgrind --tool=callgrind`` (outside valgrind, an aiohttp client
+with 8 connections sends ``--small`` and then, to a fresh server, ``--large``
+requests of one kind); the difference in instructions over the difference in
+requests is one request's cost, start-up excluded. The ratio of the plain
+server's to the gray server's is the requests/s ratio a saturated server
+would show if every instruction cost the same. Needs ``valgrind``.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -90,13 +100,25 @@ def free_port() -> int:
         return port
 
 
-def start_server(variant: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    variant: str, wrapper: tuple[str, ...] = (), wait: float = 20, **popen: Any
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.gray_asgi", "--serve", variant, "--port", str(port)],
+        [
+            *wrapper,
+            sys.executable,
+            "-m",
+            "bench.gray_asgi",
+            "--serve",
+            variant,
+            "--port",
+            str(port),
+        ],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        **popen,
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -242,6 +264,39 @@ def micro(calls: int, rounds: int) -> None:
     asyncio.run(run())
 
 
+# -- instructions per request, under valgrind --------------------------------------------------
+
+
+def server_instructions(variant: str, headers: dict[str, str], requests: int) -> int:
+    """Instructions a server runs to start, answer ``requests`` requests and stop."""
+    valgrind = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+    proc, port = start_server(variant, valgrind, wait=300, stderr=subprocess.PIPE)
+    try:
+        load_aiohttp(port, headers, requests, 8)
+    finally:
+        proc.send_signal(signal.SIGINT)  # uvicorn stops cleanly; valgrind then reports
+        _, err = proc.communicate(timeout=300)
+    found = re.search(rb"Collected : (\d+)", err)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind:\n{err[-2000:].decode()}")
+    return int(found.group(1))
+
+
+def instructions(small: int, large: int) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    print(f"\ninstructions per request under callgrind ({large} - {small} requests)")
+    print(f"  {'traffic':8} {'plain':>10} {'gray':>10} {'ratio':>7} {'overhead':>9}")
+    for kind, headers in KINDS.items():
+        cost = {}
+        for variant in ("plain", "gray"):
+            small_run = server_instructions(variant, headers, small)
+            large_run = server_instructions(variant, headers, large)
+            cost[variant] = (large_run - small_run) / (large - small)
+        plain, gray = cost["plain"], cost["gray"]
+        print(f"  {kind:8} {plain:10,.0f} {gray:10,.0f} {plain / gray:7.3f} {gray - plain:+9,.0f}")
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -253,11 +308,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--load", choices=["auto", "wrk", "aiohttp"], default="auto")
     parser.add_argument("--micro-calls", type=int, default=100_000)
+    parser.add_argument("--instructions", action="store_true", help="count, under valgrind")
+    parser.add_argument("--small", type=int, default=200, help="requests (--instructions)")
+    parser.add_argument("--large", type=int, default=1200, help="requests (--instructions)")
     parser.add_argument("--serve", choices=["plain", "gray"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port)
+        return
+    if args.instructions:
+        instructions(args.small, args.large)
         return
 
     micro(args.micro_calls, args.rounds)

@@ -29,7 +29,6 @@ DEFAULT_HEADER: Final = "x-request-timeout-ms"
 #: The longest budget accepted, in digits.
 MAX_DIGITS: Final = 12
 
-_DIGITS: Final = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
 _MAX_TEXT: Final = "9" * MAX_DIGITS
 _MAX_SECONDS: Final = int(_MAX_TEXT) / 1000.0
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -60,7 +59,8 @@ def parse_ms(values: Sequence[str]) -> float | None:
     if len(values) != 1:
         return None
     text = values[0].strip(" \t")
-    if _DIGITS.fullmatch(text) is None:
+    # 1 to MAX_DIGITS ASCII digits (isdigit alone would take other scripts' digits)
+    if not 0 < len(text) <= MAX_DIGITS or not text.isascii() or not text.isdigit():
         return None
     return int(text) / 1000.0
 

@@ -65,24 +65,41 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+class _TrackingSend:
+    """``send`` that remembers whether the response has started (one per request).
+
+    It returns ``send``'s awaitable rather than awaiting it in a coroutine of
+    its own: no frame more per message.
+    """
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        self.started = True
+        return self.send(message)
+
+
 async def _call_with_deadline(
     app: ASGIApp, scope: Scope, receive: Receive, send: Send, seconds: float, clock: Clock
 ) -> None:
     """Run ``app`` under ``deadline(seconds)``; answer 504 if it runs out before a response."""
     scope = {**scope, DEADLINE_SCOPE_KEY: True}  # ASGI: copy the scope before changing it
-    started = False
-
-    async def tracking_send(message: Message) -> None:
-        nonlocal started
-        started = True
-        await send(message)
-
+    tracking = _TrackingSend(send)
     scope_deadline = deadline(seconds, clock=clock)
     try:
-        async with scope_deadline:
-            await app(scope, receive, tracking_send)
+        scope_deadline.arm()  # `async with scope_deadline:`, two coroutines fewer
+        try:
+            await app(scope, receive, tracking)
+        except BaseException as exc:
+            scope_deadline.disarm(type(exc), exc)
+            raise
+        scope_deadline.disarm(None, None)
     except DeadlineExceeded:
-        if started or not scope_deadline.fired:
+        if tracking.started or not scope_deadline.fired:
             raise
         await send(dict(_TIMEOUT_START))
         await send({"type": "http.response.body", "body": _TIMEOUT_BODY})
@@ -145,9 +162,14 @@ class GrayMiddleware:
         found: dict[str, list[str]] | None = None
         for name, value in scope["headers"]:
             if name in wanted:
+                key = wanted[name]
+                text = value.decode("utf-8", "surrogateescape")  # _decode, written out
                 if found is None:
-                    found = {}
-                found.setdefault(wanted[name], []).append(_decode(value))
+                    found = {key: [text]}
+                elif key in found:
+                    found[key].append(text)
+                else:
+                    found[key] = [text]
         if found is None:  # the common case: nothing to recognise, no deadline
             await self.app(scope, receive, send)
             return

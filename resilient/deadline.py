@@ -6,11 +6,15 @@ minimum: an inner scope that is not tighter than the one in force changes
 nothing and arms nothing, so the ContextVar always names the *effective*
 scope, the one whose timer will fire first.
 
-In async code the effective scope arms one timer (``loop.call_at``, with
-``asyncio.timeout``'s cancel and ``uncancel()`` protocol, so a caller's own
-cancellation stays a cancellation). When it fires, the awaited body is
-cancelled and the scope raises ``DeadlineExceeded`` (a ``TimeoutError``) on
-exit. Code running beneath the scope sees a
+In async code the effective scope is armed (``asyncio.timeout``'s cancel
+and ``uncancel()`` protocol, so a caller's own cancellation stays a
+cancellation). When its expiry comes, the awaited body is cancelled and the
+scope raises ``DeadlineExceeded`` (a ``TimeoutError``) on exit. The scopes of
+one event loop share one loop timer (``Timers``), set for the earliest expiry
+armed; each scope costs a dict entry instead of a timer of its own, which
+asyncio keeps (cancelled or not) in a heap ordered by Python comparisons.
+Each scope still fires at its own expiry, as a timer of its own would (to
+the loop clock's resolution). Code running beneath the scope sees a
 ``CancelledError`` first; it can tell that cancellation from its caller's own
 through ``_current().fired``: this is how a breaker applies the fair-budget
 rule instead of counting every cancellation.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -40,6 +45,7 @@ __all__ = ["DeadlineExceeded", "deadline", "remaining"]
 Clock = Callable[[], float]
 
 _scope: ContextVar[deadline | None] = ContextVar("resilient.deadline", default=None)
+_NUMBER = (int, float)  # (a tuple: ``int | float`` would build a union on every call)
 
 
 class deadline:
@@ -56,10 +62,19 @@ class deadline:
             was awaiting; the body was cancelled.
     """
 
-    __slots__ = ("_cancelling", "_clock", "_expiry", "_handle", "_seconds", "_token", "expires_at")
+    __slots__ = (
+        "_cancelling",
+        "_clock",
+        "_expiry",
+        "_handle",
+        "_seconds",
+        "_timers",
+        "_token",
+        "expires_at",
+    )
 
     def __init__(self, seconds: float, *, clock: Clock = time.monotonic) -> None:
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        if not isinstance(seconds, _NUMBER) or isinstance(seconds, bool):
             raise TypeError(f"deadline seconds must be a number, got {seconds!r}")
         if math.isnan(seconds) or seconds < 0:
             raise ValueError(f"deadline seconds must be >= 0, got {seconds!r}")
@@ -67,7 +82,8 @@ class deadline:
         self._clock = clock
         self._token: Token[deadline | None] | None = None
         self._expiry: Expiry | None = None
-        self._handle: asyncio.Handle | None = None
+        self._handle: asyncio.Handle | None = None  # a spent budget's call_soon
+        self._timers: Timers | None = None  # where the expiry is armed otherwise
         self._cancelling = 0
         #: expiry in this scope's clock; set on enter (inf until then)
         self.expires_at = math.inf
@@ -121,18 +137,7 @@ class deadline:
     # -- async -----------------------------------------------------------------------
 
     async def __aenter__(self) -> deadline:
-        self.__enter__()
-        if self._token is not None and self._seconds != math.inf:
-            loop = asyncio.get_running_loop()
-            task = asyncio.current_task(loop)
-            if task is None:
-                raise RuntimeError("an async deadline needs to run in an asyncio task")
-            self._cancelling = task.cancelling()
-            self._expiry = Expiry(task)
-            if self._seconds > 0:
-                self._handle = loop.call_at(loop.time() + self._seconds, self._expiry)
-            else:  # spent already: cancel at the first await, as asyncio.timeout does
-                self._handle = loop.call_soon(self._expiry)
+        self.arm()
         return self
 
     async def __aexit__(
@@ -141,11 +146,50 @@ class deadline:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.disarm(exc_type, exc)
+
+    # What ``async with`` does, as two plain calls: for a middleware that runs
+    # the whole request under a scope, two coroutines fewer per request.
+
+    def arm(self) -> None:
+        """Enter the scope in the current asyncio task: ``async with``'s enter."""
+        self.__enter__()
+        if self._token is not None and self._seconds != math.inf:
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
+            if task is None:
+                raise RuntimeError("an async deadline needs to run in an asyncio task")
+            self._cancelling = task.cancelling()
+            self._expiry = expiry = Expiry(task)
+            if self._seconds > 0:
+                last = _last  # timers_of(loop), its common case written out
+                timers = last[1] if last is not None and last[0]() is loop else timers_of(loop)
+                self._timers = timers
+                at = loop.time() + self._seconds
+                timers.due[expiry] = at  # armed; the timer moves only for an earlier expiry
+                if at < timers.at:
+                    timers.arm(loop, at)
+            else:  # spent already: cancel at the first await, as asyncio.timeout does
+                self._handle = loop.call_soon(expiry)
+
+    def disarm(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
+        """Leave the scope entered by ``arm``: ``async with``'s exit.
+
+        Args:
+            exc_type: the type of the exception the body raised, or None.
+            exc: that exception, or None.
+
+        Raises:
+            DeadlineExceeded: the scope's expiry cancelled the body (``exc`` is
+                the ``CancelledError`` that surfaced); raised from ``exc``.
+        """
         try:
             expiry = self._expiry
             if expiry is not None:
-                assert self._handle is not None
-                self._handle.cancel()
+                if self._timers is not None:
+                    self._timers.due.pop(expiry, None)
+                elif self._handle is not None:
+                    self._handle.cancel()
                 # Fired: take our cancel request back; if nobody else asked for
                 # one and it surfaced, the expiry is ours to report.
                 if (
@@ -155,7 +199,8 @@ class deadline:
                 ):
                     raise DeadlineExceeded(f"deadline of {self._seconds:g}s exceeded") from exc
         finally:
-            self.__exit__(exc_type, exc, tb)
+            if self._token is not None:
+                _scope.reset(self._token)  # __exit__, written out
 
     def __repr__(self) -> str:
         if self.expires_at == math.inf:
@@ -178,6 +223,78 @@ class Expiry:
     def __call__(self) -> None:
         self.fired = True
         self.task.cancel()
+
+
+class Timers:
+    """One loop timer for every armed deadline scope of an event loop.
+
+    ``due`` maps each armed scope's ``Expiry`` to its expiry in loop time;
+    a scope adds its entry on enter (and calls ``arm`` if it is the earliest)
+    and pops it on exit. The loop timer is
+    set for the earliest expiry added (moved only when an earlier one comes);
+    when it goes off, every entry whose expiry has come fires, in this same
+    loop iteration, and the timer is set for the next. An entry that left
+    early costs nothing more than its pop: the timer, if it was set for it,
+    goes off, finds nothing due and moves on.
+
+    Concurrency: touched only from its loop's thread (deadline scopes enter
+    and exit in their task, the timer runs in the loop).
+    """
+
+    __slots__ = ("__weakref__", "_handle", "at", "due")
+
+    def __init__(self) -> None:
+        self.due: dict[Expiry, float] = {}
+        # Weakly: a handle refers to its loop, and the loop is the weak key
+        # this object is kept under. The loop holds the handle until it runs.
+        self._handle: weakref.ref[asyncio.TimerHandle] | None = None
+        self.at = math.inf  # when the loop timer goes off
+
+    def arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        """Go off at ``at``, sooner than the timer was set for."""
+        handle = None if self._handle is None else self._handle()
+        if handle is not None:
+            handle.cancel()
+        self.at = at
+        self._handle = weakref.ref(loop.call_at(at, self._fire, loop))
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop ran this timer: its time has come, even a hair before
+        # ``loop.time()`` says so (asyncio runs timers within its clock
+        # resolution). Anything due by then fires now, as its own timer would.
+        now = max(loop.time(), self.at)
+        later = math.inf
+        fired = []
+        for expiry, at in self.due.items():
+            if at <= now:
+                fired.append(expiry)
+            elif at < later:
+                later = at
+        self.at = later
+        self._handle = None
+        if later != math.inf:
+            self._handle = weakref.ref(loop.call_at(later, self._fire, loop))
+        for expiry in fired:
+            del self.due[expiry]
+            expiry()
+
+
+_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Timers] = weakref.WeakKeyDictionary()
+#: the loop last asked about and its timers (most processes run one loop)
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], Timers] | None = None
+
+
+def timers_of(loop: asyncio.AbstractEventLoop) -> Timers:
+    """The deadline timers of ``loop``, made on first use (kept while the loop lives)."""
+    global _last
+    last = _last
+    if last is not None and last[0]() is loop:
+        return last[1]
+    timers = _timers.get(loop)
+    if timers is None:
+        timers = _timers[loop] = Timers()
+    _last = (weakref.ref(loop), timers)
+    return timers
 
 
 def remaining() -> float | None:

@@ -58,14 +58,12 @@ def current() -> GrayTag | None:
 record: Callable[[], Inbound | None] = _record.get
 
 
-def enter(found: Inbound) -> Token[Inbound | None]:
-    """Publish ``found`` for the current task tree; pass the token to ``leave``."""
-    return _record.set(found)
+#: Publish an ``Inbound`` for the current task tree; pass the token to ``leave``
+#: (the variable's own ``set``, as ``record`` is its ``get``).
+enter: Callable[[Inbound], Token[Inbound | None]] = _record.set
 
-
-def leave(token: Token[Inbound | None]) -> None:
-    """Undo ``enter``."""
-    _record.reset(token)
+#: Undo ``enter``.
+leave: Callable[[Token[Inbound | None]], None] = _record.reset
 
 
 @contextmanager

@@ -37,6 +37,8 @@ BAGGAGE_KEY: Final = "gray"
 
 def tag_span(tag: GrayTag) -> None:
     """Put ``gray.tag`` and ``gray.strategy`` on the current span, if it records."""
+    if not current_context():
+        return  # no span attached (no SDK, or no instrumentation): nothing records
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attribute(ATTR_TAG, tag.value)

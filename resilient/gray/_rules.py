@@ -35,8 +35,8 @@ from typing import ClassVar, Final, TypeAlias
 from resilient._deadline_header import check_name
 from resilient.errors import ConfigError
 from resilient.gray._context import Inbound
-from resilient.gray._tag import RULE_NAMES, GrayTag, RuleName, is_tag_value
-from resilient.gray._tracestate import is_key, parse_traceparent, parse_tracestate
+from resilient.gray._tag import MAX_TAG_LENGTH, RULE_NAMES, GrayTag, RuleName, is_tag_value
+from resilient.gray._tracestate import Reader, check_traceparent, is_key
 
 __all__ = [
     "DEFAULT_RULES",
@@ -235,10 +235,21 @@ class PercentageRule(Rule):
         return self.value
 
 
-#: Tags are immutable and few (the allow list, or a handful of lanes): building
-#: one per request costs more than the rest of recognition, so they are shared.
-_tag = lru_cache(maxsize=1024)(GrayTag)
+@lru_cache(maxsize=1024)
+def _tag(value: str, rule: RuleName) -> GrayTag | None:
+    """The tag for a proposed ``value``, or None if it is not a tag value.
 
+    Tags are immutable and few (the allow list, or a handful of lanes):
+    checking and building one per request costs more than the rest of
+    recognition, so the verdicts are shared. The cache is bounded, and only
+    values of a tag's length reach it: values from the network that are not
+    tags only push others out.
+    """
+    return GrayTag(value, rule) if is_tag_value(value) else None
+
+
+#: The rules whose ``propose`` reads no tracestate member but a TracestateRule's key.
+_BUILT_IN: Final = frozenset({TracestateRule, HeaderRule, CookieRule, PercentageRule})
 
 #: The rules of a middleware built with no ``rules=``: tracestate, then header.
 DEFAULT_RULES: Final[tuple[Rule, ...]] = (TracestateRule(), HeaderRule())
@@ -282,7 +293,7 @@ class Recognizer:
     The instance is immutable and shared by every request.
     """
 
-    __slots__ = ("allow", "deny", "headers", "rules")
+    __slots__ = ("_key", "_reader", "_view", "allow", "deny", "headers", "rules")
 
     def __init__(
         self,
@@ -316,6 +327,14 @@ class Recognizer:
             names |= rule.headers
         #: the lower-case header names this recogniser reads
         self.headers: frozenset[str] = frozenset(names)
+        # Validates the tracestate and reads the tracestate rule's key in one go.
+        # The built-in rules read no member but that one: unless a rule of the
+        # user's (or a second key) may read others, the rules get a one-member
+        # dict instead of a view of them all.
+        keys = {rule.key for rule in checked if isinstance(rule, TracestateRule)}
+        self._key = min(keys) if keys else None
+        self._reader = Reader(self._key)
+        self._view = len(keys) > 1 or any(type(rule) not in _BUILT_IN for rule in checked)
 
     def inspect(self, found: Found) -> Inbound | None:
         """What the headers say: the tag and the valid inbound trace context.
@@ -324,18 +343,25 @@ class Recognizer:
         so the caller can skip publishing anything. Never raises.
         """
         traceparent = parent_id = tracestate = None
-        members: dict[str, str] | None = None
+        members: Mapping[str, str] | None = None
         tp_fields = found.get("traceparent")
-        if tp_fields:
-            parent_id = parse_traceparent(tp_fields)
-            if parent_id is not None:
-                traceparent = tp_fields[0].strip(_OWS)
+        if tp_fields and len(tp_fields) == 1:
+            traceparent = tp_fields[0].strip(_OWS)
+            parent_id = check_traceparent(traceparent)
+            if parent_id is None:
+                traceparent = None
+            else:
                 ts_fields = found.get("tracestate")
                 if ts_fields:
-                    parsed = parse_tracestate(ts_fields)
-                    if parsed:
-                        members = dict(parsed)
-                        tracestate = ",".join(ts_fields)
+                    text = ts_fields[0] if len(ts_fields) == 1 else ",".join(ts_fields)
+                    valid, value = self._reader.read(text)  # invalid, or no member: False
+                    if valid:
+                        tracestate = text
+                        key = self._key
+                        if self._view:
+                            members = self._reader.view(text, value)
+                        else:
+                            members = {} if value is None or key is None else {key: value}
         tag = self.match(found, members)
         if tag is None and traceparent is None:
             return None
@@ -347,13 +373,17 @@ class Recognizer:
         deny = self.deny
         for rule in self.rules:
             value = rule.propose(found, members)
+            # (isinstance, not `is not None`: a rule of the user's may propose anything;
+            # and only what may be a tag reaches the cache of verdicts)
             if (
-                value is not None
-                and is_tag_value(value)
+                isinstance(value, str)
+                and len(value) <= MAX_TAG_LENGTH
                 and value not in deny
                 and (allow is None or value in allow)
             ):
-                return _tag(value, rule.rule)
+                tag = _tag(value, rule.rule)
+                if tag is not None:
+                    return tag
         return None
 
     def __repr__(self) -> str:

@@ -15,14 +15,17 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["RULE_NAMES", "GrayTag", "RuleName", "is_tag_value"]
+__all__ = ["MAX_TAG_LENGTH", "RULE_NAMES", "GrayTag", "RuleName", "is_tag_value"]
 
 RuleName = Literal["tracestate", "header", "cookie", "percentage"]
 
 #: The values of ``GrayTag.rule`` (and of the span attribute ``gray.strategy``).
 RULE_NAMES: Final = frozenset({"tracestate", "header", "cookie", "percentage"})
 
-_TAG_VALUE: Final = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+#: The longest tag value.
+MAX_TAG_LENGTH: Final = 64
+
+_TAG_VALUE: Final = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_TAG_LENGTH}}}")
 
 
 def is_tag_value(value: object) -> bool:

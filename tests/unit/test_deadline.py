@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
+import weakref
 
 import pytest
 
 from resilient import DeadlineExceeded, deadline, remaining
-from resilient.deadline import _current
+from resilient.deadline import _current, timers_of
 
 
 class Clock:
@@ -109,3 +111,83 @@ async def test_body_that_finishes_in_time_is_untouched() -> None:
     async with deadline(1.0):
         await asyncio.sleep(0)
     assert remaining() is None
+
+
+# -- one loop timer for every scope of a loop ------------------------------------------
+
+
+async def test_the_scopes_of_a_loop_share_one_timer_and_none_fires_early() -> None:
+    loop = asyncio.get_running_loop()
+    timers = timers_of(loop)
+    fired_at: dict[float, float] = {}
+    never = asyncio.Event()
+
+    async def wait(seconds: float) -> None:
+        armed_at = loop.time()
+        try:
+            async with deadline(seconds):
+                await never.wait()
+        except DeadlineExceeded:
+            fired_at[seconds] = loop.time() - armed_at
+
+    tasks = [asyncio.ensure_future(wait(s)) for s in (0.05, 0.01, 0.03)]
+    await asyncio.sleep(0)  # every scope entered
+    assert len(timers.due) == 3
+    await asyncio.gather(*tasks)
+    assert sorted(fired_at) == [0.01, 0.03, 0.05]
+    assert all(took >= seconds for seconds, took in fired_at.items()), fired_at
+    assert timers.due == {}
+
+
+async def test_an_earlier_expiry_armed_later_does_not_wait_for_the_earlier_timer() -> None:
+    never = asyncio.Event()
+
+    async def wait(seconds: float) -> None:
+        async with deadline(seconds):
+            await never.wait()
+
+    long = asyncio.ensure_future(wait(60))
+    await asyncio.sleep(0)
+    with pytest.raises(DeadlineExceeded):
+        await wait(0.01)
+    assert not long.done()
+    long.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long
+
+
+async def test_a_scope_that_ends_in_time_leaves_no_entry() -> None:
+    timers = timers_of(asyncio.get_running_loop())
+    async with deadline(30):
+        assert len(timers.due) == 1
+    assert timers.due == {}
+    with pytest.raises(ZeroDivisionError):
+        async with deadline(30):
+            raise ZeroDivisionError
+    assert timers.due == {}
+
+
+async def test_each_loop_has_its_own_timers() -> None:
+    here = timers_of(asyncio.get_running_loop())
+
+    async def there() -> object:
+        return timers_of(asyncio.get_running_loop())
+
+    other = await asyncio.to_thread(asyncio.run, there())
+    assert other is not here
+    assert timers_of(asyncio.get_running_loop()) is here
+
+
+def test_a_loop_is_not_kept_alive_by_its_timers() -> None:
+    loop = asyncio.new_event_loop()
+
+    async def body() -> None:
+        async with deadline(60):  # ends at once; the loop timer stays set for 60 s
+            pass
+
+    loop.run_until_complete(body())
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None

@@ -503,3 +503,31 @@ def test_the_fast_context_reader_sees_what_the_api_attaches() -> None:
     finally:
         context.detach(token)
     assert not current_context()
+
+
+class _MemberRule(Rule):
+    """A user's rule that reads a tracestate member of its own."""
+
+    __slots__ = ()
+    rule = "tracestate"
+
+    @property
+    def headers(self) -> frozenset[str]:
+        return frozenset()
+
+    def propose(self, found: Any, members: Any) -> str | None:
+        return None if members is None else members.get("lane")
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        [_MemberRule()],
+        [TracestateRule(), _MemberRule()],
+        [TracestateRule("other"), TracestateRule("lane")],
+    ],
+)
+def test_rules_that_read_other_members_see_them_all(rules: list[Rule]) -> None:
+    found = found_with_trace("foo=1,lane=blue,gray= no,lane=red")
+    inbound = Recognizer(rules).inspect(found)
+    assert inbound is not None and inbound.tag == GrayTag("blue", "tracestate")

@@ -11,6 +11,9 @@ from w3c_cases import BARS, KEY_WITH_VENDOR, KEY_WITHOUT_VENDOR, VALUE
 
 from resilient.gray._tracestate import (
     MAX_MEMBERS,
+    Reader,
+    check_tracestate,
+    first_value,
     format_traceparent,
     is_key,
     is_value,
@@ -265,3 +268,53 @@ def test_put_member_output_is_a_valid_tracestate(
     assert out[0] == (key, value)
     rest = [m for m in members if m[0] != key]
     assert out[1:] == rest[: MAX_MEMBERS - 1]
+
+
+# -- the inbound reader: one match, the same verdict as the parser -------------------------
+
+_near_keys = st.sampled_from(
+    ["gray", "xgray", "a@gray", "gray@", "gra", "grayx", "g", "@gray", "Gray"]
+)
+_ows = st.sampled_from(["", " ", "\t", " \t "])
+_near_values = st.one_of(values, st.sampled_from([" canary", "a b", "x ", "", "=", "é"]))
+_elements = st.one_of(
+    st.tuples(_ows, _near_keys, _near_values, _ows).map(lambda t: f"{t[0]}{t[1]}={t[2]}{t[3]}"),
+    _ows,  # an empty member
+    _hostile,
+)
+_lists = st.lists(_elements, max_size=6).map(",".join)
+
+
+@pytest.mark.parametrize("key", ["gray", "a@gray", "x*y/z"])
+@given(text=st.one_of(_lists, _hostile))
+def test_the_reader_agrees_with_the_parser(key: str, text: str) -> None:
+    parsed = parse_tracestate([text])
+    reader = Reader(key)
+    valid, value = reader.read(text)
+    assert check_tracestate(text) is (parsed is not None)
+    assert Reader(None).read(text) == (valid, None)
+    if not parsed:
+        assert (valid, value) == (False, None)
+        return
+    first = dict(parsed)
+    assert valid and value == first.get(key) == first_value(text, key)
+    view = reader.view(text, value)
+    assert dict(view) == first and len(view) == len(first)
+    for other in (key, "gray", "xgray", "a@gray", "g"):
+        assert view.get(other) == first.get(other) and (other in view) is (other in first)
+
+
+def test_a_member_view_reads_like_a_mapping() -> None:
+    reader = Reader("gray")
+    text = "foo=1, gray=canary ,foo=2"
+    view = reader.view(text, reader.read(text)[1])
+    assert view["gray"] == "canary" and view["foo"] == "1" and view.get("bar", "-") == "-"
+    with pytest.raises(KeyError):
+        view["bar"]
+    assert list(view) == ["foo", "gray"] and "gray" in view and 1 not in view
+
+
+def test_the_reader_counts_every_member_towards_the_32() -> None:
+    reader = Reader("gray")
+    assert reader.read(",".join([*BAR_32, "gray=x"])) == (False, None)
+    assert reader.read(",".join([*BAR_32[:3], "bar31=31,gray=x"])) == (True, "x")
