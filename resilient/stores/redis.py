@@ -154,6 +154,7 @@ class RedisStore:
         self._ns = namespace or "default"
         self._connected = False
         self._down_since: float | None = None
+        self._recoveries = 0  # outages ended: tells a late failure of the last one from a new one
         self._refused = False  # the outage is Redis refusing our credentials
         self._errors_logged: set[str] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -437,19 +438,25 @@ class RedisStore:
         assert client is not None
         pubsub: PubSub | None = None
         pattern = _lua.channel_pattern(self._ns)
+        began = self._recoveries  # the recovery the subscription (or attempt) began after
         try:
             while not self._closing:
                 try:
                     if pubsub is None:
+                        began = self._recoveries
                         pubsub = client.pubsub(ignore_subscribe_messages=True)
                         await pubsub.psubscribe(pattern)
                         self._refresh.update(self._breakers)  # what we missed meanwhile
                         self._request_flush()
                     message = await pubsub.get_message(timeout=LISTEN_POLL)
                 except Exception as exc:  # whatever it is, callers must not see it
-                    self._went_down(exc)
                     await _close_pubsub(pubsub)
                     pubsub = None
+                    if began != self._recoveries:
+                        # Begun before the store came back: a leftover of that
+                        # outage, noticed late, not a new one. Subscribe again.
+                        continue
+                    self._went_down(exc)
                     await asyncio.sleep(RETRY_MAX)
                     continue
                 if message is not None:
@@ -484,6 +491,7 @@ class RedisStore:
 
     def _came_back(self) -> None:
         if self._down_since is not None:
+            self._recoveries += 1
             log.warning(
                 "resilient: Redis at %s reachable again after %.1f s",
                 self._where,
