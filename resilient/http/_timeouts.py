@@ -384,21 +384,18 @@ class TimeoutLayer:
         if watchdog is None:
             watchdog = self.watchdog = Watchdog(req.loop)
         at = now + limit
-        patience = None
+        patience, in_force = None, limit
         if learned is not None and kind is _ATTEMPT:
             learned.attempts = attempts = learned.attempts + 1
             if attempts < learned.hung_until:
                 patience = (learned, at, kind, limit)  # hang symptoms: cut at the bound
             else:
                 patience = self._patience(learned, now, limit, left, scope)
-                watchdog.entries[req] = (at, task, kind, limit, patience)  # watch(), written out
-                if at < watchdog._at:
-                    watchdog._arm(at)
-                return patience[3]  # the bound in force, for the deadline header
+                in_force = patience[3]  # what the deadline header carries
         watchdog.entries[req] = (at, task, kind, limit, patience)  # watch(), written out
         if at < watchdog._at:
             watchdog._arm(at)
-        return limit
+        return in_force
 
     @staticmethod
     def _patience(
