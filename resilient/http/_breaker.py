@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiohttp
@@ -72,14 +73,18 @@ if TYPE_CHECKING:
     from resilient.http._shared import Host
 
 __all__ = [
+    "AIOHTTP",
     "HTTP_DEFAULTS",
     "BreakerLayer",
+    "Client",
     "HostCircuitOpenError",
     "breaker_layer",
     "host_key",
+    "host_name",
     "http_auto_slow",
     "is_failure",
     "route_key",
+    "route_name",
 ]
 
 #: The per-host breaker defaults of the HTTP layer (see the module docstring for why).
@@ -106,6 +111,8 @@ SLOW_CEILING_SHARE: Final = 0.5
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
 
 Key = Literal["host", "route"] | Callable[[ClientRequest], str]
+#: ``Key`` for any client's requests (the breaker layer reads a request only through it).
+AnyKey = Literal["host", "route"] | Callable[[Any], str]
 
 
 class HostCircuitOpenError(CircuitOpenError, aiohttp.ClientConnectionError):
@@ -127,12 +134,22 @@ def is_failure(status: int) -> bool:
 
 def host_key(url: URL) -> str:
     """The breaker name of a URL's host: ``host:port`` (IPv6 without brackets)."""
-    return _safe(f"{url.raw_host}:{url.port}")
+    return host_name(url.raw_host, url.port)
 
 
 def route_key(url: URL) -> str:
     """The breaker name of a URL's route: ``host:port/path`` (other characters become ``_``)."""
-    return _safe(f"{url.raw_host}:{url.port}{url.raw_path}")
+    return route_name(url.raw_host, url.port, url.raw_path)
+
+
+def host_name(host: str | None, port: int | None) -> str:
+    """The breaker name of a host, for any client: ``host:port`` (IPv6 without brackets)."""
+    return _safe(f"{host}:{port}")
+
+
+def route_name(host: str | None, port: int | None, path: str) -> str:
+    """The breaker name of a route, for any client: ``host:port/path``."""
+    return _safe(f"{host}:{port}{path}")
 
 
 def _safe(name: str) -> str:
@@ -163,34 +180,81 @@ def _defaults(value: BreakerConfig | Mapping[str, Any] | None) -> BreakerConfig:
 RECORDED: Final = (OSError, asyncio.TimeoutError, aiohttp.ClientError)
 
 
+@dataclass(frozen=True, slots=True)
+class Client:
+    """What the breaker layer needs to know of an HTTP client library.
+
+    Attributes:
+        recorded: the exceptions its breakers count as failures.
+        host_of: a request's ``host_name``.
+        route_of: a request's ``route_name``.
+    """
+
+    recorded: tuple[type[BaseException], ...]
+    host_of: Callable[[Any], str]
+    route_of: Callable[[Any], str]
+
+
+def _host_of(req: ClientRequest) -> str:
+    return host_key(req.url)
+
+
+def _route_of(req: ClientRequest) -> str:
+    return route_key(req.url)
+
+
+#: aiohttp's requests: ``ClientRequest``.
+AIOHTTP: Final = Client(RECORDED, _host_of, _route_of)
+
+
 class BreakerLayer:
     """The breaker layer: each attempt through its host's (or route's) breaker.
 
     Built by ``breaker_middleware`` (alone) or ``resilient.http.session``.
     """
 
-    __slots__ = ("_auto_slow", "_defaults", "_hub", "_name", "_routes", "per_host")
+    __slots__ = (
+        "_auto_slow",
+        "_defaults",
+        "_host_of",
+        "_hub",
+        "_name",
+        "_recorded",
+        "_routes",
+        "per_host",
+    )
 
-    def __init__(self, hub: Hub, per: Key, defaults: BreakerConfig, auto_slow: AutoSlow) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        per: AnyKey,
+        defaults: BreakerConfig,
+        auto_slow: AutoSlow,
+        *,
+        client: Client | None = None,
+    ) -> None:
         self._hub = hub
         self._defaults = defaults
         self._auto_slow = auto_slow
+        client = AIOHTTP if client is None else client
+        self._recorded = client.recorded
+        self._host_of = client.host_of
         # Per host, the breaker lives in the request's Host; otherwise here, by name.
-        self._name: Callable[[ClientRequest], str] | None
+        self._name: Callable[[Any], str] | None
         if per == "host":
             self._name = None
         elif per == "route":
-            self._name = _route_of
+            self._name = client.route_of
         else:
             self._name = per
         self.per_host = self._name is None  # then the breaker is the Host's own
         self._routes: dict[str, CircuitBreaker] = {}
 
-    def adopt(self, host: Host, req: ClientRequest) -> None:
+    def adopt(self, host: Host, req: Any) -> None:
         if self._name is None:
-            host.breaker = _create(self._hub, host_key(req.url), self._defaults, self._auto_slow)
+            host.breaker = self._create(self._host_of(req))
 
-    def pick(self, req: ClientRequest, host: Host) -> CircuitBreaker:
+    def pick(self, req: Any, host: Host) -> CircuitBreaker:
         """The breaker the attempt goes through."""
         if self._name is None:
             br = host.breaker
@@ -199,28 +263,40 @@ class BreakerLayer:
         name = self._name(req)
         found = self._routes.get(name)
         if found is None:
-            br = _create(self._hub, name, self._defaults, self._auto_slow)
-            found = self._routes.setdefault(name, br)
+            found = self._routes.setdefault(name, self._create(name))
         return found
 
+    def _create(self, name: str) -> CircuitBreaker:
+        return _create(self._hub, name, self._defaults, self._auto_slow, self._recorded)
 
-def _create(hub: Hub, name: str, defaults: BreakerConfig, auto_slow: AutoSlow) -> CircuitBreaker:
+
+def _create(
+    hub: Hub,
+    name: str,
+    defaults: BreakerConfig,
+    auto_slow: AutoSlow,
+    recorded: tuple[type[BaseException], ...] = RECORDED,
+) -> CircuitBreaker:
     """The hub's breaker ``name``, created with the HTTP layer's defaults if it is new.
 
     They are the creator's defaults: BreakerConfig() < the HTTP defaults <
     the config source's defaults < the breaker's own key, at every reload.
     """
-    return hub.breaker(name, defaults=defaults, record_exceptions=RECORDED, auto_slow=auto_slow)
+    return hub.breaker(name, defaults=defaults, record_exceptions=recorded, auto_slow=auto_slow)
 
 
 def breaker_layer(
     hub: Hub | None = None,
     *,
-    per: Key = "host",
+    per: AnyKey = "host",
     defaults: BreakerConfig | Mapping[str, Any] | None = None,
     total: float = 10.0,
+    client: Client | None = None,
 ) -> BreakerLayer:
-    """The breaker layer, for ``pipeline`` (see ``breaker_middleware`` for the arguments)."""
+    """The breaker layer, for ``pipeline`` (see ``breaker_middleware`` for the arguments).
+
+    ``client``: the HTTP client library's errors and names (aiohttp's by default).
+    """
     if hub is None:
         hub = default_hub()
     elif not isinstance(hub, Hub):
@@ -231,8 +307,4 @@ def breaker_layer(
         raise ConfigError(
             f'per must be "host", "route" or a callable, got {per!r}', field="per", value=per
         )
-    return BreakerLayer(hub, per, _defaults(defaults), http_auto_slow(total))
-
-
-def _route_of(req: ClientRequest) -> str:
-    return route_key(req.url)
+    return BreakerLayer(hub, per, _defaults(defaults), http_auto_slow(total), client=client)

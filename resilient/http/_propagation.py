@@ -26,7 +26,7 @@ safe to share.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
 from multidict import CIMultiDict, istr
@@ -38,6 +38,7 @@ from resilient.gray._context import record
 from resilient.gray._otel import current_context
 from resilient.gray._outbound import DEFAULT_HEADER, DEFAULT_KEY, apply
 from resilient.gray._rules import check_key
+from resilient.http._shared import Outgoing
 
 __all__ = ["Bound", "Propagation", "deadline_propagation", "gray_propagation", "propagation"]
 
@@ -62,14 +63,22 @@ def _write_deadline(req: ClientRequest, header: str, bound: Bound | None) -> Non
 
 
 def _put_deadline(
-    headers: CIMultiDict[str], header: str, left: float, text: Callable[[float], str]
+    headers: MutableMapping[str, str], header: str, left: float, text: Callable[[float], str]
 ) -> None:
     """Write ``left`` seconds as ``header``, unless the caller already wrote a tighter one."""
     if header in headers:
-        theirs = parse_ms(headers.getall(header))
+        theirs = parse_ms(_fields(headers, header))
         if theirs is not None and theirs <= left:
             return
     headers[header] = text(left)
+
+
+def _fields(headers: MutableMapping[str, str], header: str) -> list[str]:
+    """Every field of ``header``: aiohttp's multidict and httpx's ``Headers`` both keep them."""
+    if isinstance(headers, CIMultiDict):
+        return headers.getall(header)
+    get_list: Callable[[str], list[str]] | None = getattr(headers, "get_list", None)
+    return [headers[header]] if get_list is None else get_list(header)
 
 
 class Propagation:
@@ -97,7 +106,7 @@ class Propagation:
         # An istr is matched without being case-folded again on every lookup.
         self._deadline = istr(check_name("deadline_header", deadline_header))
 
-    def write(self, req: ClientRequest, bound: float | None, text: Callable[[float], str]) -> None:
+    def write(self, req: Outgoing, bound: float | None, text: Callable[[float], str]) -> None:
         """Write the gray tag and the deadline header onto the attempt.
 
         Args:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, cast
 
 import aiohttp
-from aiohttp import ClientRequest, ClientResponse
+from aiohttp import ClientResponse
 
 from resilient.budget import RetryBudget
 from resilient.deadline import _current
@@ -166,16 +166,22 @@ class RetryLayer:
     failed attempts, in the request's ``Host``.
     """
 
-    __slots__ = ("_attempts", "_make_budget", "_wait", "fixed_total", "statuses")
+    __slots__ = ("_attempts", "_make_budget", "_retryable", "_wait", "fixed_total", "statuses")
 
-    def __init__(self, retries: Retries, total: float | None) -> None:
+    def __init__(
+        self,
+        retries: Retries,
+        total: float | None,
+        retryable: tuple[type[BaseException], ...] = RETRYABLE_ERRORS,
+    ) -> None:
         self._attempts = retries.attempts
+        self._retryable = retryable  # the client library's errors worth a retry
         self.statuses = cast("frozenset[int]", retries.statuses)
         self._wait = retries.wait
         self._make_budget = retries.budget
         self.fixed_total = total  # None: the session's ClientTimeout total, per request
 
-    def adopt(self, host: Host, req: ClientRequest) -> None:
+    def adopt(self, host: Host, req: object) -> None:
         host.budget = None if self._make_budget is None else self._make_budget()
 
     def deposit(self, host: Host, now: float) -> None:
@@ -233,11 +239,19 @@ class RetryLayer:
     def worth_retrying(self, exc: BaseException) -> bool:
         if isinstance(exc, RejectedError | DeadlineExceeded):
             return False
-        return isinstance(exc, RETRYABLE_ERRORS)
+        return isinstance(exc, self._retryable)
 
 
-def retry_layer(retries: Retries | None = None, *, total: float | None = None) -> RetryLayer:
-    """The retry layer, for ``pipeline`` (see ``retry_middleware`` for the arguments)."""
+def retry_layer(
+    retries: Retries | None = None,
+    *,
+    total: float | None = None,
+    retryable: tuple[type[BaseException], ...] = RETRYABLE_ERRORS,
+) -> RetryLayer:
+    """The retry layer, for ``pipeline`` (see ``retry_middleware`` for the arguments).
+
+    ``retryable``: the client library's errors worth a retry (aiohttp's by default).
+    """
     if retries is None:
         retries = Retries()
     elif not isinstance(retries, Retries):
@@ -248,4 +262,4 @@ def retry_layer(retries: Retries | None = None, *, total: float | None = None) -
         isinstance(total, bool) or not isinstance(total, int | float) or not total > 0
     ):
         raise ConfigError(f"total must be a number > 0, got {total!r}", field="total", value=total)
-    return RetryLayer(retries, total)
+    return RetryLayer(retries, total, retryable)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import ClientRequest
 
@@ -38,6 +38,7 @@ __all__ = [
     "Hosts",
     "Layer",
     "Learned",
+    "Outgoing",
     "attempt_bound",
     "guard",
     "guarding",
@@ -81,7 +82,7 @@ class Host:
 class Layer(Protocol):
     """What the host table asks of a layer: fill its slots of a new ``Host``."""
 
-    def adopt(self, host: Host, req: ClientRequest) -> None: ...
+    def adopt(self, host: Host, req: Any) -> None: ...
 
 
 class Hosts:
@@ -191,7 +192,17 @@ def attempt_bound(req: ClientRequest) -> float | None:
 _IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 
 
-def is_idempotent(req: ClientRequest) -> bool:
+class Outgoing(Protocol):
+    """What the layers read of a request in any client (aiohttp's, httpx's): method, headers."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+
+def is_idempotent(req: Outgoing) -> bool:
     """Whether sending ``req`` twice is as safe as sending it once."""
     return req.method in IDEMPOTENT_METHODS or _IDEMPOTENCY_KEY in req.headers
 

@@ -70,11 +70,14 @@ if TYPE_CHECKING:
 __all__ = [
     "TOTAL_MARGIN",
     "AttemptTimeoutError",
+    "Bounding",
     "TimeoutLayer",
     "Timeouts",
     "Watchdog",
     "expired",
+    "timed_out",
     "timeout_layer",
+    "uncount",
 ]
 
 #: The TCP connect timeout by default: one lost SYN is retransmitted after 1 s
@@ -183,6 +186,10 @@ Patience = tuple["Learned", float, str, float]
 #: ``Patience`` if the bound was learned, else None), or a body: (expiry, its
 #: ``_BodyCut``, "body", the total, None).
 Entry = tuple[float, _Cuttable, str, float, Patience | None]
+#: What bounds one attempt (``TimeoutLayer.plan``): (the bound's seconds, which
+#: bound, its ``Patience`` if the bound was learned, the seconds in force: what
+#: the attempt may wait on to, and what the deadline header carries).
+Bounding = tuple[float, str, Patience | None, float]
 
 
 class Watchdog:
@@ -250,9 +257,7 @@ class Watchdog:
         """
         entry = self.entries.pop(key)
         self.cut.discard(key)
-        patience = entry[4]
-        if patience is not None:
-            patience[0].attempts -= 1
+        uncount(entry[4])
 
     def forget(self, key: object) -> None:
         """End a body's watch, if it is still watched (its stream ended, or the connection went)."""
@@ -329,7 +334,7 @@ class TimeoutLayer:
         self.applies = applies  # which requests get the attempt timeout
         self.watchdog: Watchdog | None = None  # made on first use, on the session's loop
 
-    def adopt(self, host: Host, req: ClientRequest) -> None:
+    def adopt(self, host: Host, req: object) -> None:
         if self._learn:
             host.learned = AttemptLearner(self._floor, self.total)
 
@@ -343,16 +348,48 @@ class TimeoutLayer:
         expiry: float,
         br: CircuitBreaker | None,
     ) -> float | None:
-        """Bound the attempt of ``req`` starting at ``now``: the bound's seconds.
+        """Bound the attempt of ``req`` starting at ``now`` on the watchdog: the bound's seconds.
 
-        ``applies``: whether the attempt timeout applies to ``req``. None when
-        nothing of this layer's bounds the attempt: an armed deadline is the
-        tightest (its own timer serves), or there is no bound at all. For a
-        learned bound at a host without hang symptoms, the seconds are those
-        it may wait on to (``ATTEMPT_PATIENCE``), the bound in force.
+        What bounds it is ``plan``'s decision; this puts it on the watchdog.
+        None when nothing of this layer's bounds the attempt.
 
         Raises:
             AttemptTimeoutError, DeadlineExceeded: no time is left.
+        """
+        bounding = self.plan(applies, host, now, expiry, br)
+        if bounding is None:
+            return None
+        limit, kind, patience, in_force = bounding
+        if limit <= 0.0:
+            raise _expired(req, kind, 0.0)
+        watchdog = self.watchdog
+        if watchdog is None:
+            watchdog = self.watchdog = Watchdog(req.loop)
+        at = now + limit
+        watchdog.entries[req] = (at, task, kind, limit, patience)  # watch(), written out
+        if at < watchdog._at:
+            watchdog._arm(at)
+        return in_force
+
+    def plan(
+        self,
+        applies: bool,
+        host: Host,
+        now: float,
+        expiry: float,
+        br: CircuitBreaker | None,
+    ) -> Bounding | None:
+        """What bounds an attempt starting at ``now``: the decision, for any client.
+
+        ``applies``: whether the attempt timeout applies to the request. The
+        tightest of the attempt timeout, what is left of the total (``expiry``)
+        and of the current deadline. None when nothing of this layer's bounds
+        the attempt: an armed deadline is the tightest (its own timer serves),
+        or there is no bound at all. A bound of 0 seconds means no time is
+        left (the caller raises ``timed_out``). For a learned bound at a host
+        without hang symptoms, the seconds in force are those it may wait on
+        to (``ATTEMPT_PATIENCE``); an attempt that then reaches the learned
+        bound is reported to ``patience[0].overran()``.
         """
         left = expiry - now  # of the total
         limit, kind = left, _TOTAL
@@ -377,25 +414,18 @@ class TimeoutLayer:
                     return None
                 limit, kind = remaining, _DEADLINE
         if limit <= 0.0:
-            raise _expired(req, kind, 0.0)
+            return (0.0, kind, None, 0.0)
         if limit == math.inf:
             return None
-        watchdog = self.watchdog
-        if watchdog is None:
-            watchdog = self.watchdog = Watchdog(req.loop)
-        at = now + limit
         patience, in_force = None, limit
         if learned is not None and kind is _ATTEMPT:
             learned.attempts = attempts = learned.attempts + 1
             if attempts < learned.hung_until:
-                patience = (learned, at, kind, limit)  # hang symptoms: cut at the bound
+                patience = (learned, now + limit, kind, limit)  # hang symptoms: cut at the bound
             else:
                 patience = self._patience(learned, now, limit, left, scope)
                 in_force = patience[3]  # what the deadline header carries
-        watchdog.entries[req] = (at, task, kind, limit, patience)  # watch(), written out
-        if at < watchdog._at:
-            watchdog._arm(at)
-        return in_force
+        return (limit, kind, patience, in_force)
 
     @staticmethod
     def _patience(
@@ -460,6 +490,28 @@ def expired(req: ClientRequest, entry: Entry) -> Exception:
 
 
 def _expired(req: ClientRequest, bound: str, seconds: float) -> Exception:
+    url = req.url
+    return timed_out(bound, seconds, url.host, url.origin, AttemptTimeoutError)
+
+
+def timed_out(
+    bound: str,
+    seconds: float,
+    host: str | None,
+    origin: Callable[[], object],
+    error: Callable[[object, float, str], Exception],
+) -> Exception:
+    """The error an attempt fails with when ``bound`` (``plan``'s kind) ran out.
+
+    The caller's deadline is ``DeadlineExceeded``; the others are the
+    client's own timeout error, ``error(origin(), seconds, bound)``.
+    """
     if bound == _DEADLINE:
-        return DeadlineExceeded(f"deadline exceeded waiting for {req.url.host}")
-    return AttemptTimeoutError(req.url.origin(), seconds, bound)
+        return DeadlineExceeded(f"deadline exceeded waiting for {host}")
+    return error(origin(), seconds, bound)
+
+
+def uncount(patience: Patience | None) -> None:
+    """An attempt bounded by a learned bound will not be made: it is not one it bounded."""
+    if patience is not None:
+        patience[0].attempts -= 1
