@@ -347,6 +347,11 @@ class Upstream:
         return self._port
 
     @property
+    def listening(self) -> str:
+        """Where it serves, as the process prints it when it is ready."""
+        return self.url
+
+    @property
     def url(self) -> str:
         """``http://HOST:PORT`` (no trailing slash)."""
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -616,7 +621,7 @@ async def _serve_until_signalled(upstream: Upstream) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with upstream:
-        print(f"upstream listening on {upstream.url}", flush=True)
+        print(f"upstream listening on {upstream.listening}", flush=True)
         await stop.wait()
 
 
