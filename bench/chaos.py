@@ -41,7 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +147,12 @@ CONTENDERS: dict[str, Callable[[], Contender]] = {
 }
 
 
-def targets(name: str, base: Summary, ours: Summary) -> list[tuple[str, bool]]:
-    """The targets of a scenario, each with whether ``ours`` met it against ``base``."""
+def targets(
+    name: str, base: Summary, ours: Summary, peer: str = "aiohttp"
+) -> list[tuple[str, bool]]:
+    """The targets of a scenario, each with whether ``ours`` met it against ``base`` (``peer``)."""
     ratio = ours.p99 / base.p99 if base.p99 > 0 else float("inf")
-    p99 = (f"P99 {ratio:.3f}x aiohttp's (<= 0.18x)", ratio <= 0.18)
+    p99 = (f"P99 {ratio:.3f}x {peer}'s (<= 0.18x)", ratio <= 0.18)
     if name.startswith("brownout"):
         gap = ours.success - base.success
         return [
@@ -173,8 +175,7 @@ def targets(name: str, base: Summary, ours: Summary) -> list[tuple[str, bool]]:
             ours.success >= floor,
         ),
         (
-            f"hits at the hung upstream {ours.hits} = {share:.1%} of aiohttp's "
-            f"{base.hits} (<= 10%)",
+            f"hits at the hung upstream {ours.hits} = {share:.1%} of {peer}'s {base.hits} (<= 10%)",
             share <= 0.10,
         ),
         (
@@ -199,23 +200,38 @@ def _print_table(title: str, summaries: Sequence[Summary]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-async def bench(names: Sequence[str], who: Sequence[str], out: Path) -> bool:
+async def bench(
+    names: Sequence[str],
+    who: Sequence[str],
+    out: Path,
+    *,
+    contenders: Mapping[str, Callable[[], Contender]] = CONTENDERS,
+    pair: tuple[str, str] = ("aiohttp", "resilient"),
+    grpc: bool = False,
+    prefix: str = "chaos",
+    title: str = "chaos benchmark",
+) -> bool:
+    """Run each scenario for each contender in ``who``; judge ``pair`` (baseline, ours).
+
+    ``grpc``: the upstream is the gRPC twin (bench/chaos_grpc.py).
+    """
     passed = True
+    peer, mine = pair
     for name in names:
         chosen = SCENARIOS[name]()
         results = []
         for key in who:
             print(f"  {name}: {key} ...", flush=True)
-            results.extend(await run(chosen, [CONTENDERS[key]()]))
+            results.extend(await run(chosen, [contenders[key]()], grpc=grpc))
         summaries = [summarize(r) for r in results]
         phases = ", ".join(f"{p.name} {p.seconds:g}s" for p in chosen.phases)
         _print_table(f"{name}: {chosen.name}, {phases}", summaries)
         by_name = {s.name: s for s in summaries}
-        if "aiohttp" in by_name and "resilient" in by_name:
-            for text, ok in targets(name, by_name["aiohttp"], by_name["resilient"]):
+        if peer in by_name and mine in by_name:
+            for text, ok in targets(name, by_name[peer], by_name[mine], peer):
                 passed &= ok
                 print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
-        path = plot(results, out / f"chaos-{name}.png", title=f"chaos benchmark: {chosen.name}")
+        path = plot(results, out / f"{prefix}-{name}.png", title=f"{title}: {chosen.name}")
         print(f"  plot: {path}")
     return passed
 

@@ -126,15 +126,21 @@ async def run(
     *,
     seed: int = 1,
     on_tick: Callable[[float, str, Sequence[Result]], None] | None = None,
+    grpc: bool = False,
 ) -> list[Result]:
     """Run ``scenario`` against a fresh upstream process, all ``contenders`` at once.
 
     Each contender sends to its own path, so hits are counted per contender.
+    With ``grpc=True`` the upstream is the gRPC twin and each contender's
+    ``fetch`` is given ``grpc://HOST:PORT/<name>`` (its own service name).
     Requests still running ``DRAIN`` seconds after the last one was sent are
     cancelled and recorded as ``"unfinished"`` at the time they had taken.
     """
     results = [Result(c.name, scenario) for c in contenders]
-    async with AsyncUpstreamProcess(seed=seed) as upstream, contextlib.AsyncExitStack() as stack:
+    async with (
+        AsyncUpstreamProcess(seed=seed, grpc=grpc) as upstream,
+        contextlib.AsyncExitStack() as stack,
+    ):
         loop = asyncio.get_running_loop()
         origin = 0.0  # set once the clients are open
 
@@ -145,7 +151,7 @@ async def run(
             await stack.enter_async_context(c.open(sink(r)))
             for c, r in zip(contenders, results, strict=True)
         ]
-        urls = [f"{upstream.url}/{_slug(c.name)}" for c in contenders]
+        urls = [f"{upstream.base}/{_slug(c.name)}" for c in contenders]
         await upstream.apply(scenario.phases[0].behaviour)
         origin = loop.time() + 0.05
         steering = asyncio.create_task(_steer(upstream, scenario, origin, results, urls))
@@ -215,7 +221,7 @@ async def _steer(
 ) -> None:
     """Switch the upstream's behaviour at each phase boundary; count hits in each fault phase."""
     loop = asyncio.get_running_loop()
-    paths = [url[len(upstream.url) :] for url in urls]
+    paths = [url[len(upstream.base) :] for url in urls]
     before: dict[str, int] | None = None
     current = scenario.phases[0]
     for phase, start, _ in scenario.spans()[1:]:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncUpstreamProcess"]
 
+MODULE: Final = "resilient.testing.upstream"
+GRPC_MODULE: Final = "resilient.testing.grpc_upstream"
 #: The directory holding the ``resilient`` package, for the child's PYTHONPATH.
 _SOURCE: Final = str(Path(__file__).resolve().parents[2])
 
@@ -29,12 +31,20 @@ class AsyncUpstreamProcess:
     and prints its URL. Use as ``async with``.
     """
 
-    def __init__(self, *, seed: int = 1, start_timeout: float = 15.0) -> None:
+    def __init__(self, *, seed: int = 1, start_timeout: float = 15.0, grpc: bool = False) -> None:
         self._seed = seed
         self._start_timeout = start_timeout
+        # The gRPC twin (resilient.testing.grpc_upstream) is steered the same way.
+        self._module = GRPC_MODULE if grpc else MODULE
         self._proc: asyncio.subprocess.Process | None = None
         self._control: aiohttp.ClientSession | None = None
-        self.url = ""
+        self.url = ""  # the control routes (and the HTTP upstream)
+        self.target: str | None = None  # the gRPC upstream's HOST:PORT, if it is one
+
+    @property
+    def base(self) -> str:
+        """What the clients call: the HTTP URL, or ``grpc://HOST:PORT``."""
+        return self.url if self.target is None else f"grpc://{self.target}"
 
     async def __aenter__(self) -> AsyncUpstreamProcess:
         import aiohttp
@@ -45,7 +55,7 @@ class AsyncUpstreamProcess:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "resilient.testing.upstream",
+            self._module,
             "--port",
             "0",
             "--seed",
@@ -60,6 +70,9 @@ class AsyncUpstreamProcess:
             if found is None:
                 raise RuntimeError(f"the upstream did not start: {line!r}")
             self.url = found.group().decode()
+            target = re.search(rb"grpc://([0-9.]+:[0-9]+)", line)
+            if target is not None:
+                self.target = target.group(1).decode()
             self._control = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         except BaseException:
             await self._stop()
