@@ -8,8 +8,9 @@ open when the last 20 calls all failed or were all slow), the target's
 ``RetryBudget`` and retry streak (``RetryLayer``), and its learned attempt
 timeout (``TimeoutLayer`` and its ``Watchdog``). Each attempt:
 
-1. is bounded by the tightest of: the call's own timeout (or the
-   interceptors' ``timeout``; it bounds the whole call, retries included),
+1. is bounded by the tightest of: the call's own timeout (or, if it names
+   none, the interceptors' ``timeout``; it bounds the whole call, retries
+   included),
    the current ``resilient.deadline``, and, for idempotent methods, the
    learned attempt timeout. That bound is also the call's gRPC deadline, so
    the server sees it (``resilient.grpc.server_interceptor`` makes it
@@ -162,7 +163,6 @@ class _Core:
     ) -> None:
         self.name = _safe(target)
         self._origin = _Origin(target)
-        self._hub = hub
         self._idempotent = idempotent
         self.timeout = timeout
         self._retry: RetryLayer = retry_layer(retries, total=timeout)
@@ -184,8 +184,7 @@ class _Core:
             host = Host(loop_clock(loop))
             host.breaker = self.breaker
             host.budget = None if self._budget is None else self._budget()
-            # The timeout layer's own adopt reads nothing of the request.
-            self._timeouts.adopt(host, cast("ClientRequest", None))
+            self._timeouts.adopt(host, self._origin)  # (it reads nothing of the request)
             self._host = host
         return host
 
@@ -194,8 +193,8 @@ class _Core:
         loop = asyncio.get_running_loop()
         host = self.host(loop)
         now = host.clock()
-        own = details.timeout
-        total = self.timeout if own is None else min(float(own), self.timeout)
+        own = details.timeout  # the caller's own: it replaces the default, never stretched
+        total = self.timeout if own is None else float(own)
         retry = self._retry
         if now >= host.deposit_at:  # the batch so far goes into the target's budget
             retry.deposit(host, now)
@@ -357,14 +356,15 @@ class _Core:
         metadata = self._metadata(details)
         br = self.breaker
 
-        def timeout_at(now: float) -> float:
-            left = expiry - now
+        def timeout_at(now: float) -> tuple[float, str]:
+            """The attempt's gRPC timeout and which bound it is."""
+            left, kind = expiry - now, "total"
             scope = _current()
-            if scope is not None:
-                left = min(left, scope.remaining())
+            if scope is not None and scope.remaining() <= left:
+                left, kind = scope.remaining(), _DEADLINE
             if left <= 0.0:
-                raise AttemptDeadlineError(self.name, 0.0, "total")
-            return left
+                raise self._expired(kind, 0.0)
+            return left, kind
 
         def admit(now: float) -> int:
             try:
@@ -372,16 +372,16 @@ class _Core:
             except CircuitOpenError as exc:
                 raise GrpcCircuitOpenError(exc.name, exc.retry_after, exc.reason) from None
 
-        timeout = timeout_at(now)
+        timeout, kind = timeout_at(now)
         began = now
         ticket = admit(began)
         try:
             call = await continuation(details._replace(timeout=timeout, metadata=metadata), request)
         except BaseException as exc:
-            _raise(self._settle_error(br, ticket, began, exc, None, None), exc)
+            _raise(self._settle_error(br, ticket, began, exc, kind, None), exc)
         return self._responses(
             call, continuation, details, request, metadata, host, expiry, idempotent,
-            ticket, began, timeout_at, admit,
+            ticket, began, kind, timeout_at, admit,
         )  # fmt: skip
 
     async def _responses(
@@ -396,7 +396,8 @@ class _Core:
         idempotent: bool,
         ticket: int,
         began: float,
-        timeout_at: Callable[[float], float],
+        kind: str,
+        timeout_at: Callable[[float], tuple[float, str]],
         admit: Callable[[float], int],
     ) -> AsyncIterator[Any]:
         br = self.breaker
@@ -418,16 +419,13 @@ class _Core:
             except BaseException as raised:
                 if settled:
                     raise  # the verdict was the first message; later errors are the stream's
-                if isinstance(raised, GeneratorExit):
-                    br._end_error(ticket, began, asyncio.CancelledError(), None)
-                    raise
-                error = self._settle_error(br, ticket, began, raised, None, None)
-                state, wait = self._after(state, error, None, idempotent, expiry, host)
+                error = self._settle_error(br, ticket, began, raised, kind, None)
+                state, wait = self._after(state, error, kind, idempotent, expiry, host)
                 if wait is None:
                     _raise(error, raised)
                 del raised, error
             now = await _wait(state, wait, host)
-            timeout = timeout_at(now)
+            timeout, kind = timeout_at(now)
             began = now
             ticket = admit(began)
             try:
@@ -435,7 +433,7 @@ class _Core:
                     details._replace(timeout=timeout, metadata=metadata), request
                 )
             except BaseException as exc:
-                _raise(self._settle_error(br, ticket, began, exc, None, None), exc)
+                _raise(self._settle_error(br, ticket, began, exc, kind, None), exc)
 
 
 async def _wait(state: RetryState | None, wait: float, host: Host) -> float:
@@ -505,8 +503,9 @@ def client_interceptors(
         idempotent: the methods that may be retried: full names
             (``/pkg.Service/Method``), service prefixes ending in ``/``
             (``/pkg.Service/``), or a callable taking the method name.
-        timeout: a call's timeout when it names none, and the ceiling of any
-            it names (seconds; retries included, as ``Timeouts.total``).
+        timeout: a call's timeout when it names none (seconds; it bounds the
+            call, retries included, as ``Timeouts.total``); a call's own
+            ``timeout=`` replaces it.
         retries: attempts, waits and the budget (``resilient.http.Retries``;
             its ``statuses`` are HTTP's and unused here).
         attempt: one attempt's bound for idempotent methods: ``"auto"``
