@@ -362,6 +362,24 @@ async def test_gray_tag_and_trace_context_go_out_in_metadata(echo: Any, hub: Hub
     assert tagged["tag"] is None  # no server interceptor on this one
 
 
+async def test_a_span_of_this_process_puts_the_gray_member_first(echo: Any, hub: Hub) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")  # a local provider: the global is set once
+    target = await echo({"Seen": grpc.unary_unary_rpc_method_handler(seen)})
+    async with open_channel(target, hub) as ch:
+        call = ch.unary_unary("/t.Echo/Seen")
+        with (
+            resilient.gray.use(resilient.gray.GrayTag("canary", "header")),
+            tracer.start_as_current_span("call") as span,
+        ):
+            got = json.loads(await call(b"", timeout=2.0))["metadata"]
+    ctx = span.get_span_context()
+    assert got["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    assert got["tracestate"] == "gray=canary"
+    assert got["x-gray"] == "canary"
+
+
 async def test_the_server_interceptor_makes_the_tag_ambient_and_forwards_it(
     echo: Any, hub: Hub
 ) -> None:
