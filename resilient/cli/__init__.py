@@ -130,3 +130,7 @@ app.add_typer(config_app, name="config")
 from resilient.cli.status import status  # noqa: E402
 
 app.command()(status)
+
+from resilient.dashboard._command import dashboard  # noqa: E402
+
+app.command()(dashboard)
