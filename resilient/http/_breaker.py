@@ -85,6 +85,7 @@ __all__ = [
     "is_failure",
     "route_key",
     "route_name",
+    "settle_error",
 ]
 
 #: The per-host breaker defaults of the HTTP layer (see the module docstring for why).
@@ -268,6 +269,28 @@ class BreakerLayer:
 
     def _create(self, name: str) -> CircuitBreaker:
         return _create(self._hub, name, self._defaults, self._auto_slow, self._recorded)
+
+
+def settle_error(
+    br: CircuitBreaker,
+    ticket: int,
+    began: float,
+    error: BaseException,
+    task: asyncio.Task[Any] | None,
+    rejected: Callable[[str, float, str], CircuitOpenError],
+) -> BaseException:
+    """Settle an attempt admitted by ``br`` that raised ``error``: what it fails with.
+
+    ``error`` itself, unless the breaker cut the attempt when it opened
+    (``cancel_on_open``): then the client's rejection, ``rejected(name,
+    retry_after, reason)``, raised without the cancellation as its context.
+    """
+    rejection = br._end_error(ticket, began, error, task)
+    if rejection is None:
+        return error
+    cut = rejected(rejection.name, rejection.retry_after, rejection.reason)
+    cut.__suppress_context__ = True
+    return cut
 
 
 def _create(

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, NoReturn
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
 
 from resilient.errors import CircuitOpenError
-from resilient.http._breaker import HostCircuitOpenError, is_failure
+from resilient.http._breaker import HostCircuitOpenError, is_failure, settle_error
 from resilient.http._propagation import Propagation
 from resilient.http._retry import RetryLayer
 from resilient.http._shared import (
@@ -168,17 +168,8 @@ def pipeline(
                         ):
                             error = expired(req, cut)
                     if br is not None:
-                        rejection = br._end_error(ticket, began, error, task)
-                        if rejection is not None:
-                            error = HostCircuitOpenError(
-                                rejection.name, rejection.retry_after, rejection.reason
-                            )
-                            error.__suppress_context__ = True
-                    if not (
-                        retry is not None
-                        and isinstance(error, Exception)
-                        and retry.worth_retrying(error)
-                    ):
+                        error = settle_error(br, ticket, began, error, task, HostCircuitOpenError)
+                    if retry is None or not retry.worth_retrying(error):
                         _raise(error, raised)
                     host.streak += 1
                     wait = None

@@ -71,6 +71,7 @@ __all__ = [
     "TOTAL_MARGIN",
     "AttemptTimeoutError",
     "Bounding",
+    "TimedOut",
     "TimeoutLayer",
     "Timeouts",
     "Watchdog",
@@ -92,8 +93,10 @@ TOTAL_MARGIN: Final = 0.002
 _ATTEMPT, _TOTAL, _DEADLINE, _BODY = "attempt", "total", "deadline", "body"
 
 
-class AttemptTimeoutError(aiohttp.ServerTimeoutError):
-    """An attempt ran out of time (its own timeout, or what was left of ``total``).
+class TimedOut(Exception):
+    """An attempt ran out of time (its own timeout, or what was left of ``total``), any client.
+
+    Each client's error is this and the client's own timeout error.
 
     Attributes:
         seconds: the bound that ran out.
@@ -105,6 +108,10 @@ class AttemptTimeoutError(aiohttp.ServerTimeoutError):
         self.bound = bound
         what = "attempt timeout" if bound == _ATTEMPT else "total timeout"
         super().__init__(f"{what} of {seconds:.3f}s exceeded waiting for {url}")
+
+
+class AttemptTimeoutError(TimedOut, aiohttp.ServerTimeoutError):
+    """aiohttp's ``TimedOut``: an ``aiohttp.ServerTimeoutError``, a ``TimeoutError`` too."""
 
 
 def _seconds(name: str, value: object, *, optional: bool = True) -> float | None:
