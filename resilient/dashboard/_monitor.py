@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import redis
 
     from resilient.dashboard._config import ConfigView
+    from resilient.fleet import FleetView
 
 __all__ = ["FleetMonitor", "Transition"]
 
@@ -361,7 +362,29 @@ class FleetMonitor:
         row.history.append(t)
         row.seq = seq
         self._recent.append(t)
+        if int(row.data.get("generation") or 0) < view.generation:
+            # Shown at once, not at the poll it asked for (which adds the reason).
+            row.data = {**row.data, **_fields_of(view)}
         self._bump(seq)
+
+
+def _fields_of(view: FleetView) -> dict[str, Any]:
+    """A published transition in ``read_states``'s terms (it carries no reason)."""
+    calls = view.calls
+    return {
+        "state": view.state,
+        "open_until": view.open_until,
+        "retry_after": None if view.open_until is None else max(0.0, view.open_until - view.now),
+        "trips": view.trips,
+        "generation": view.generation,
+        "calls": calls,
+        "failures": view.failures,
+        "slow_calls": view.slow,
+        "failure_rate": view.failures / calls if calls else 0.0,
+        "slow_call_rate": view.slow / calls if calls else 0.0,
+        "reason": None,
+        "changed_at": view.now,
+    }
 
 
 def _sync_client(url: str) -> redis.Redis:

@@ -175,8 +175,11 @@ def test_the_page_shows_a_fleet_trip(browser: Any, fleet: Any) -> None:
     assert browser.title.startswith("(1 open)")
     browser.find_element(By.CSS_SELECTOR, '#breakers tr[data-name="payments"]').click()
     assert browser.find_element(By.ID, "detail-name").text == "payments"
-    history = browser.find_element(By.ID, "history").text
-    assert "OPEN" in history and "failure rate" in history
+    until(
+        "the reason in the history",
+        lambda: "failure rate" in browser.find_element(By.ID, "history").text,
+    )
+    assert "OPEN" in browser.find_element(By.ID, "history").text
     assert "payments" in browser.find_element(By.ID, "transitions").text
     assert browser.find_element(By.ID, "controls").is_displayed() is False  # read-only
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
