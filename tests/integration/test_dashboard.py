@@ -404,3 +404,31 @@ async def test_the_page_and_its_assets(
             assert resp.status in (403, 404)
         async with session.get(f"{url}/api/breakers/nope") as resp:
             assert resp.status == 404
+
+
+# ------------------------------------------------------------------ the command's refusals
+
+
+def test_the_command_refuses_bad_options_before_serving(
+    redis_server_session: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from resilient.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main(["dashboard", "--port", "0", *args])
+        return code, capsys.readouterr().err
+
+    code, err = run("--redis", "redis://:hunter22@127.0.0.1:1/0")
+    assert code == 3 and "unreachable" in err and "hunter22" not in err
+    code, err = run("--redis", redis_server_session.url, "--token", "short")
+    assert code == 2 and "at least 8 characters" in err and "short" not in err
+    code, err = run("--redis", redis_server_session.url, "--namespace", "bad name")
+    assert code == 1 and "namespace must match" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        code = main(["dashboard", "--redis", redis_server_session.url, "--port", port])
+    assert code == 2 and "is in use" in capsys.readouterr().err
