@@ -9,6 +9,7 @@ data on stdout and diagnostics on stderr, and end with one of these codes:
 2     usage (unknown option, bad option value)
 3     a server (etcd) unreachable, or refusing the connection
 4     a push refused because etcd changed under it (nothing written)
+5     a gate failed (``reconcile --fail-above``: a rate above the limit)
 ====  ==========================================================
 
 Connection settings come from options or the environment: ``RESILIENT_ETCD``,
@@ -20,6 +21,7 @@ needs (etcd client, YAML, JSON Schema, the demo) when it runs, so ``resilient
 
 from __future__ import annotations
 
+import enum
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +78,14 @@ def _root(
     """Resilience middleware toolkit: breakers, deadlines, live config."""
 
 
+class DemoClient(enum.StrEnum):
+    """``resilient demo --client``: the client library (resilient.demo.CLIENTS)."""
+
+    aiohttp = "aiohttp"
+    httpx = "httpx"
+    grpc = "grpc"
+
+
 @app.command()
 def demo(
     duration: Annotated[float, typer.Option(min=1, help="Seconds of load.")] = 30.0,
@@ -96,6 +106,9 @@ def demo(
     ),
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Write no plot.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the upstream's fault draws.")] = 1,
+    client: Annotated[
+        DemoClient, typer.Option(help="The client library both sides of the demo use.")
+    ] = DemoClient.aiohttp,
 ) -> None:
     """Run the local chaos demo: what the toolkit does to P99 and error rate."""
     try:
@@ -105,7 +118,14 @@ def demo(
             fail(EXIT_INVALID, "the demo is not part of this build yet (no resilient.demo)")
         fail(EXIT_INVALID, f"the demo needs {exc.name!r}: pip install 'resilient[demo]'")
     code = demo_module.main(
-        duration, rate, fault, redis, etcd, None if no_plot else plot, seed=seed
+        duration,
+        rate,
+        fault,
+        redis,
+        etcd,
+        None if no_plot else plot,
+        seed=seed,
+        client=client.value,
     )
     raise typer.Exit(int(code or 0))
 
@@ -134,3 +154,7 @@ app.command()(status)
 from resilient.dashboard._command import dashboard  # noqa: E402
 
 app.command()(dashboard)
+
+from resilient.cli.reconcile import reconcile  # noqa: E402
+
+app.command()(reconcile)

@@ -6,13 +6,22 @@ from typing import NoReturn
 
 import typer
 
-__all__ = ["EXIT_CONFLICT", "EXIT_INVALID", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "fail"]
+__all__ = [
+    "EXIT_CONFLICT",
+    "EXIT_GATE",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "fail",
+]
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_CONFLICT = 4
+EXIT_GATE = 5  # a gate failed (reconcile --fail-above)
 
 
 def fail(code: int, message: str) -> NoReturn:

@@ -20,7 +20,7 @@ reads None; ``Timeouts.total`` is in force all the same.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import ClientMiddlewareType
@@ -37,6 +37,9 @@ from resilient.http._shared import is_idempotent
 from resilient.http._timeouts import Timeouts, timeout_layer
 from resilient.hub import Hub
 
+if TYPE_CHECKING:
+    from resilient.shadow._http import HttpShadow
+
 __all__ = ["session"]
 
 _DEFAULT_TIMEOUTS = Timeouts()
@@ -51,6 +54,7 @@ def session(
     *,
     per: Key = "host",
     propagate: bool | Propagation = True,
+    shadow: HttpShadow | None = None,
     **client_session_kwargs: Any,
 ) -> aiohttp.ClientSession:
     """A tuned ``aiohttp.ClientSession``: pool profile, layered timeouts, client middlewares.
@@ -68,6 +72,8 @@ def session(
             ``BreakerConfig`` or mapping of fields over them (the breakers'
             creator defaults), or ``False``/``None`` for no breaker.
         per: ``"host"``, ``"route"`` or a callable naming a request's breaker.
+        shadow: an ``resilient.shadow.HttpShadow`` mirroring a sample of the
+            requests to a candidate (outermost: one mirror per request).
         propagate: write the gray tag and the deadline header on every attempt
             (``True``), with other header names (a ``Propagation``), or not.
         client_session_kwargs: passed to ``aiohttp.ClientSession``;
@@ -101,6 +107,10 @@ def session(
         propagation=_propagation(propagate),
     )
     middlewares: list[ClientMiddlewareType] = [middleware]
+    if shadow is not None:
+        if not callable(getattr(shadow, "middleware", None)):
+            raise ConfigError(f"shadow must be an HttpShadow, got {shadow!r}", field="shadow")
+        middlewares.insert(0, shadow.middleware)
     extra: Sequence[ClientMiddlewareType] = client_session_kwargs.pop("middlewares", ())
     middlewares.extend(extra)
     connector = client_session_kwargs.pop("connector", None)

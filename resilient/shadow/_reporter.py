@@ -1,0 +1,125 @@
+"""The reporter: one background thread that compares, records and keeps timers.
+
+One idea: everything a mirror does after the caller has its answer
+(normalising, diffing, writing to a sink, counting) runs here, on one daemon
+thread, so none of it sits on a caller's path, in threads or in an event
+loop. Callers only ``submit`` a job (a ``SimpleQueue.put``, lock-free in C).
+
+The queue is bounded: with ``max_pending`` jobs waiting, ``submit``
+refuses (the caller drops the mirror and counts it), so a stuck sink cannot
+grow memory without end. ``call_at`` runs a job at a monotonic time: the
+sync candidates' timeouts, which no thread can enforce on itself.
+
+A job that raises is logged once per kind of error and never stops the
+thread. ``drain()`` waits until the jobs submitted before it have run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["Reporter", "reporter"]
+
+log = logging.getLogger("resilient.shadow")
+
+Job = Callable[[], None]
+_TIMER: Final = object()
+
+
+class Reporter:
+    """A daemon thread running submitted jobs in order, and timed jobs at their time.
+
+    Args:
+        max_pending: jobs allowed to wait before ``submit`` refuses (>= 1).
+        clock: monotonic seconds (the timers' clock).
+    """
+
+    def __init__(self, max_pending: int = 10_000, *, clock: Callable[[], float] = time.monotonic):
+        self.max_pending = max_pending
+        self.refused = 0
+        self._clock = clock
+        self._queue: queue.SimpleQueue[tuple[object, float, Job]] = queue.SimpleQueue()
+        self._timers: list[tuple[float, int, Job]] = []  # this thread's alone
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._logged: set[type[BaseException]] = set()
+
+    def submit(self, job: Job) -> bool:
+        """Queue ``job``; False (and nothing queued) when too many wait already."""
+        if self._queue.qsize() >= self.max_pending:
+            self.refused += 1  # (approximate under races: a count for operators)
+            return False
+        self._ensure_started()
+        self._queue.put((None, 0.0, job))
+        return True
+
+    def call_at(self, when: float, job: Job) -> None:
+        """Run ``job`` on this thread at monotonic time ``when`` (or soon after)."""
+        self._ensure_started()
+        self._queue.put((_TIMER, when, job))
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every job submitted before this call has run; False on timeout."""
+        done = threading.Event()
+        self._ensure_started()
+        self._queue.put((None, 0.0, done.set))
+        return done.wait(timeout)
+
+    def _ensure_started(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    thread = threading.Thread(
+                        target=self._run, name="resilient-shadow-reporter", daemon=True
+                    )
+                    thread.start()
+                    self._thread = thread
+
+    def _run(self) -> None:
+        timers = self._timers
+        while True:
+            wait = None
+            if timers:
+                wait = max(0.0, timers[0][0] - self._clock())
+            try:
+                kind, when, job = self._queue.get(timeout=wait)
+            except queue.Empty:
+                pass
+            else:
+                if kind is _TIMER:
+                    heapq.heappush(timers, (when, next(self._seq), job))
+                else:
+                    self._execute(job)
+            now = self._clock()
+            while timers and timers[0][0] <= now:
+                self._execute(heapq.heappop(timers)[2])
+
+    def _execute(self, job: Job) -> None:
+        try:
+            job()
+        except Exception as exc:  # a job must never stop the thread
+            if type(exc) not in self._logged:
+                self._logged.add(type(exc))
+                log.exception("a shadow report failed (logged once per error type)")
+
+
+_shared: Reporter | None = None
+_shared_lock = threading.Lock()
+
+
+def reporter() -> Reporter:
+    """The process's shared reporter (one thread for every shadow)."""
+    global _shared
+    if _shared is None:
+        with _shared_lock:
+            if _shared is None:
+                _shared = Reporter()
+    return _shared
