@@ -19,6 +19,7 @@ grpcio is imported when a contender opens, so the demo runs without it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,10 +69,19 @@ def _opener(
     return open_
 
 
+def _quiet() -> None:
+    """Keep grpc core's INFO lines (a GOAWAY when the upstream stops) out of the demo's output.
+
+    Read once, when grpc is first imported; a setting of the user's wins.
+    """
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def grpc_baseline(total: float = 2.0) -> Contender:
     """A bare ``grpc.aio`` channel, each call with ``timeout=total``."""
 
     def make(target: str) -> Any:
+        _quiet()
         import grpc.aio
 
         return grpc.aio.insecure_channel(target)
@@ -90,6 +100,7 @@ def grpc_contender(
 
     @contextlib.asynccontextmanager
     async def open_(state: StateSink) -> AsyncIterator[Fetch]:
+        _quiet()
         from resilient.events import StateChanged
         from resilient.grpc import channel
         from resilient.hub import Hub
