@@ -43,7 +43,12 @@ import grpc
 import grpc.aio
 
 from resilient.testing.servers import HOST
-from resilient.testing.upstream import Behaviour, Upstream, _serve_until_signalled
+from resilient.testing.upstream import (
+    Behaviour,
+    Upstream,
+    _serve_until_signalled,
+    _Stopping,
+)
 
 __all__ = ["STATUS_CODES", "GrpcUpstream", "main"]
 
@@ -177,14 +182,11 @@ class GrpcUpstream(Upstream):
             await context.abort(_S.UNAVAILABLE, f"upstream {mode}")
 
     async def _sleep(self, seconds: float, context: Any) -> None:
-        if seconds <= 0:
-            return
+        """``Upstream._pause``: the call ends with UNAVAILABLE if the server closes meanwhile."""
         try:
-            async with asyncio.timeout(seconds):
-                await self._stopped.wait()
-        except TimeoutError:
-            return
-        await context.abort(_S.UNAVAILABLE, "upstream closing")
+            await self._pause(seconds)
+        except _Stopping:
+            await context.abort(_S.UNAVAILABLE, "upstream closing")
 
     async def _unary(self, service: str, request: bytes, context: Any) -> bytes:
         behaviour, mode = self._draw(service)
