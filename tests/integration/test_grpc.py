@@ -500,3 +500,13 @@ async def test_the_chaos_engine_runs_both_grpc_contenders_against_its_process() 
     # land in the phase beside it) and failed at its 0.3 s timeout.
     assert base.hits["outage"] >= 8
     assert "AioRpcError" in base.kind
+
+
+def test_idempotent_takes_methods_services_and_callables() -> None:
+    from resilient.grpc._client import _idempotent_check
+
+    check = _idempotent_check(("/a.S/Get", "/b.T/"))
+    assert check("/a.S/Get") and check("/b.T/Any") and check("/b.T/Other")
+    assert not check("/a.S/Post") and not check("/b.TX/Get")
+    assert not _idempotent_check(())("/a.S/Get")
+    assert _idempotent_check(lambda m: m.endswith("Get"))("/c.U/Get")
