@@ -9,11 +9,11 @@ const LABEL = { open: "open", forced_open: "forced open", half_open: "half-open"
 const PLOT_SECONDS = 300;
 
 const rows = new Map();        // name -> {data, tr, receivedAt}
+let ordered = [];              // the entries in table order (worst first, then by name)
 const latency = new Map();     // name -> [[t, p50, p99, p999], ...] seen while the page is open
 let transitions = [];
 let selected = null;
 let controlsEnabled = false;
-let orderDirty = true;
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, cls, text) => {
@@ -55,6 +55,7 @@ function makeRow(name) {
 
 function fillRow(entry) {
   const d = entry.data, c = entry.tr.children;
+  entry.tr.hidden = !visible(d);
   entry.tr.dataset.state = d.state;
   entry.tr.classList.toggle("stale", !!d.stale);
   c[0].replaceChildren(badge(d.state));
@@ -87,27 +88,37 @@ function visible(d) {
   return true;
 }
 
+function before(a, b) {  // does entry a belong above entry b?
+  const sa = ORDER[a.data.state] ?? 9, sb = ORDER[b.data.state] ?? 9;
+  return sa !== sb ? sa < sb : a.data.name < b.data.name;
+}
+
+// Put one entry where it belongs: one DOM move, not a thousand (a state changed, or it is new).
+function place(entry) {
+  const at = ordered.indexOf(entry);
+  if (at >= 0) ordered.splice(at, 1);
+  let lo = 0, hi = ordered.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (before(ordered[mid], entry)) lo = mid + 1; else hi = mid;
+  }
+  ordered.splice(lo, 0, entry);
+  const next = ordered[lo + 1];
+  document.querySelector("#breakers tbody").insertBefore(entry.tr, next ? next.tr : null);
+}
+
+function refilter() {
+  for (const e of ordered) e.tr.hidden = !visible(e.data);
+  render();
+}
+
 function render() {
-  const body = document.querySelector("#breakers tbody");
-  const list = [...rows.values()];
-  if (orderDirty) {
-    list.sort((a, b) => (ORDER[a.data.state] ?? 9) - (ORDER[b.data.state] ?? 9)
-      || (a.data.name < b.data.name ? -1 : 1));
-    const frag = document.createDocumentFragment();
-    for (const e of list) frag.appendChild(e.tr);
-    body.appendChild(frag);
-    orderDirty = false;
-  }
   let shown = 0;
-  for (const e of list) {
-    const v = visible(e.data);
-    e.tr.hidden = !v;
-    if (v) shown++;
-  }
-  $("shown").textContent = shown === list.length ? list.length + " breakers"
-    : shown + " of " + list.length + " breakers";
-  $("empty").hidden = list.length > 0;
-  summary(list);
+  for (const e of ordered) if (!e.tr.hidden) shown++;
+  $("shown").textContent = shown === ordered.length ? ordered.length + " breakers"
+    : shown + " of " + ordered.length + " breakers";
+  $("empty").hidden = ordered.length > 0;
+  summary(ordered);
 }
 
 function summary(list) {
@@ -132,22 +143,22 @@ function apply(doc) {
   if (doc.full) {
     for (const e of rows.values()) e.tr.remove();
     rows.clear();
+    ordered = [];
     transitions = [];
   }
   $("namespace").textContent = doc.namespace;
   controlsEnabled = !!doc.controls;
   for (const d of doc.breakers) {
     let e = rows.get(d.name);
+    const moved = !e || e.data.state !== d.state;
     if (!e) {
       e = { tr: makeRow(d.name) };
       rows.set(d.name, e);
-      orderDirty = true;
-    } else if (e.data.state !== d.state) {
-      orderDirty = true;
     }
     e.data = d;
     e.receivedAt = now;
     fillRow(e);
+    if (moved) place(e);
     if (d.p99 !== undefined && d.p99 !== null) {
       const series = latency.get(d.name) || [];
       series.push([now / 1000, d.p50, d.p99, d.p999]);
@@ -157,7 +168,11 @@ function apply(doc) {
   }
   for (const name of doc.removed || []) {
     const e = rows.get(name);
-    if (e) { e.tr.remove(); rows.delete(name); }
+    if (e) {
+      e.tr.remove();
+      rows.delete(name);
+      ordered.splice(ordered.indexOf(e), 1);
+    }
   }
   if (doc.transitions && doc.transitions.length) {
     const key = (t) => t.name + "#" + t.generation;
@@ -324,8 +339,8 @@ function connect() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("filter").addEventListener("input", render);
-  $("only-trouble").addEventListener("change", render);
+  $("filter").addEventListener("input", refilter);
+  $("only-trouble").addEventListener("change", refilter);
   $("token").value = sessionStorage.getItem("resilient-token") || "";
   for (const b of document.querySelectorAll("#controls button")) {
     b.addEventListener("click", () => control(b.dataset.action));
