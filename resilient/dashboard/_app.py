@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from resilient.dashboard._auth import Token
 from resilient.dashboard._monitor import FleetMonitor
@@ -130,8 +131,10 @@ def create_app(
             await controls(name, action, reason=reason, actor=actor)
         except ValueError as exc:
             raise _error(web.HTTPBadRequest, str(exc)) from None
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            raise _error(web.HTTPServiceUnavailable, f"Redis refused the change: {exc}") from None
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _error(
+                web.HTTPServiceUnavailable, f"Redis at {monitor.where} refused the change"
+            ) from exc
         log.warning("resilient: dashboard: %s %s by %s: %s", action, name, actor, reason or "-")
         await monitor.poll()
         return web.json_response({"ok": True, "action": action, "breaker": monitor.row(name)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -138,8 +139,27 @@ async def _serve(
 
 
 def fleet_controls(redis_url: str, namespace: str) -> Controls:
-    """What a control request calls: a fleet-wide manual state, audited (issue 19)."""
-    raise NotImplementedError(
-        "fleet-wide controls are not in this build yet (resilient breaker force-open); "
-        "serve read-only, without --token"
-    )
+    """What a control request calls: a fleet-wide manual state, audited (issue 19).
+
+    The same call as ``resilient breaker force-open|disable|reset``: one script
+    sets the fleet's state (every process applies it within milliseconds) and
+    appends who, when, why, before and after to the namespace's audit stream.
+
+    Raises:
+        NotImplementedError: this build has no fleet-wide controls.
+    """
+    try:
+        # By name: the module is the other half of issue 19, in the same build or not.
+        control = importlib.import_module("resilient.stores._control").control
+    except ModuleNotFoundError as exc:
+        if exc.name != "resilient.stores._control":
+            raise
+        raise NotImplementedError(
+            "fleet-wide controls are not in this build (no resilient.stores._control); "
+            "serve read-only, without --token"
+        ) from None
+
+    async def run(name: str, action: str, *, reason: str | None, actor: str) -> object:
+        return await control(redis_url, namespace, name, action, reason=reason or "", actor=actor)
+
+    return run

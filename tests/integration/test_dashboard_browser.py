@@ -207,3 +207,62 @@ def test_a_thousand_breakers_stay_usable(browser: Any, fleet: Any) -> None:
     )
     until("the filter narrows to ten", lambda: browser.execute_script(visible) == 10)
     assert browser.find_element(By.ID, "shown").text == "10 of 1000 breakers"
+
+
+def test_a_control_click_with_the_token_forces_the_fleet_open(
+    browser: Any, fleet: Any, redis_server_session: RedisServer
+) -> None:
+    import asyncio
+    import importlib
+
+    import redis.asyncio as aioredis
+    from selenium.webdriver.common.by import By
+
+    try:
+        audit = importlib.import_module("resilient.stores._control").read_audit
+    except ModuleNotFoundError:
+        pytest.skip("no fleet-wide controls in this build (resilient.stores._control)")
+    (a, b), dashboard = fleet
+    a.breaker("payments")(fine)()
+    b.breaker("payments")(fine)()
+    page = dashboard(token=TOKEN)
+    browser.get(page.url)
+    until("payments listed", lambda: row_state(browser, "payments") == "closed")
+    browser.find_element(By.CSS_SELECTOR, '#breakers tr[data-name="payments"]').click()
+    assert browser.find_element(By.ID, "controls").is_displayed()
+    result = browser.find_element(By.ID, "control-result")
+
+    def click(token: str, action: str, reason: str) -> str:
+        for field, text in (("token", token), ("reason", reason)):
+            box = browser.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(text)
+        browser.find_element(By.ID, f"btn-{action}").click()
+        return str(until(f"{action} answered", lambda: "…" not in result.text and result.text))
+
+    # Without the right token: refused, and nothing changes anywhere.
+    assert "refused (401)" in click("not-the-token", "force-open", "no")
+    assert b.breaker("payments").state is State.CLOSED
+    assert row_state(browser, "payments") == "closed"
+    # With it: in force in every process of the fleet, on the page, and audited.
+    assert "done" in click(TOKEN, "force-open", "INC-42 payments down")
+    until("the other process forced open", lambda: b.breaker("payments").state is State.FORCED_OPEN)
+    until("a's too", lambda: a.breaker("payments").state is State.FORCED_OPEN)
+    with pytest.raises(CircuitOpenError):
+        b.breaker("payments")(fine)()
+    until("shown forced open", lambda: row_state(browser, "payments") == "forced_open")
+    row = browser.find_element(By.CSS_SELECTOR, '#breakers tr[data-name="payments"]')
+    until("the reason shown", lambda: "INC-42 payments down" in row.text)
+
+    async def entries() -> list[Any]:
+        client = aioredis.Redis.from_url(redis_server_session.url)
+        try:
+            return list(await audit(client, a.namespace))
+        finally:
+            await client.aclose()
+
+    last = asyncio.run(entries())[0].to_dict()
+    assert last["breaker"] == "payments" and last["action"] == "force-open"
+    assert last["reason"] == "INC-42 payments down" and last["actor"].startswith("dashboard@")
+    assert "done" in click(TOKEN, "reset", "fixed")
+    until("the other process closed again", lambda: b.breaker("payments").state is State.CLOSED)
