@@ -46,6 +46,7 @@ log = logging.getLogger("resilient.dashboard")
 STATIC: Final = Path(__file__).parent / "static"
 ACTIONS: Final = ("force-open", "disable", "reset")
 HEARTBEAT: Final = 10.0  # seconds between keep-alive comments on an idle stream
+CHECK: Final = 1.0  # seconds between looks at whether a quiet stream's viewer left
 WRITE_TIMEOUT: Final = 10.0  # seconds a viewer may take to accept an event
 MAX_VIEWERS: Final = 64
 REASON_MAX: Final = 200  # characters, as Redis keeps them
@@ -71,6 +72,7 @@ def create_app(
     token: Token | None = None,
     controls: Controls | None = None,
     manage_monitor: bool = True,
+    max_viewers: int = MAX_VIEWERS,
 ) -> web.Application:
     """The dashboard as an aiohttp application.
 
@@ -79,12 +81,13 @@ def create_app(
         token: enables the control endpoints (read-only without one).
         controls: what a control request calls (required with ``token``).
         manage_monitor: start and close ``monitor`` with the application.
+        max_viewers: live streams served at once (more get a 503).
     """
     if token is not None and controls is None:
         raise ValueError("a token enables controls: pass controls= as well")
     app = web.Application(client_max_size=BODY_MAX, middlewares=[_headers])
     app[_MONITOR] = monitor
-    viewers = asyncio.Semaphore(MAX_VIEWERS)
+    viewers = asyncio.Semaphore(max_viewers)
     hostname = socket.gethostname()
 
     async def page(request: web.Request) -> web.StreamResponse:
@@ -101,7 +104,7 @@ def create_app(
 
     async def events(request: web.Request) -> web.StreamResponse:
         if viewers.locked():
-            raise _error(web.HTTPServiceUnavailable, f"at most {MAX_VIEWERS} live viewers")
+            raise _error(web.HTTPServiceUnavailable, f"at most {max_viewers} live viewers")
         async with viewers:
             return await _stream(request, monitor, controls=token is not None)
 
@@ -219,6 +222,7 @@ async def _stream(
     await response.prepare(request)
     try:
         await _send(response, b"retry: 1000\n\n")
+        quiet = 0.0  # seconds since the last thing sent
         while True:
             if monitor.version > since or since == 0:
                 doc = monitor.view(since)
@@ -227,17 +231,26 @@ async def _stream(
                 data = json.dumps(doc, separators=(",", ":"))
                 event = f"id: {monitor.run}.{since}\nevent: update\ndata: {data}\n\n"
                 await _send(response, event.encode())
+                quiet = 0.0
             elif not await _wait(monitor, since):
-                await _send(response, b": keep-alive\n\n")
+                # Quiet: is the viewer still there? (A hang-up frees its slot within
+                # a second, not at the next heartbeat.)
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                quiet += CHECK
+                if quiet >= HEARTBEAT:
+                    await _send(response, b": keep-alive\n\n")
+                    quiet = 0.0
     except (ConnectionError, TimeoutError):
         pass  # the viewer went away, or stopped reading: nothing to tell anyone
     return response
 
 
 async def _wait(monitor: FleetMonitor, since: int) -> bool:
-    """Wait for a new version (True) or a heartbeat's worth of quiet (False)."""
+    """Wait for a new version (True) or ``CHECK`` seconds of quiet (False)."""
     try:
-        async with asyncio.timeout(HEARTBEAT):
+        async with asyncio.timeout(CHECK):
             await monitor.changed(since)
     except TimeoutError:
         return False

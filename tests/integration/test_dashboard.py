@@ -381,6 +381,7 @@ async def test_misbehaving_stream_clients(
             assert update["full"] is False
             assert {b["name"] for b in update["breakers"]} == {"payments"}
         # The server is still well.
+        assert monitor.version >= 1
         doc = await get_json(session, f"{url}/api/breakers")
         assert {b["name"] for b in doc["breakers"]} == {"search", "payments"}
 
@@ -432,3 +433,23 @@ def test_the_command_refuses_bad_options_before_serving(
         port = str(taken.getsockname()[1])
         code = main(["dashboard", "--redis", redis_server_session.url, "--port", port])
     assert code == 2 and "is in use" in capsys.readouterr().err
+
+
+async def test_live_viewers_are_bounded(
+    hub: Hub, redis_server_session: RedisServer, serve: Served
+) -> None:
+    await hub.breaker("search")(fine)()
+    url = await serve(FleetMonitor(redis_server_session.url, hub.namespace), max_viewers=1)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/api/events") as first:
+            await anext(events(first))
+            async with session.get(f"{url}/api/events") as second:
+                assert second.status == 503
+                assert "at most 1 live viewers" in (await second.json())["error"]
+
+        # The first one gone, the next is served.
+        async def served() -> bool:
+            async with session.get(f"{url}/api/events") as again:
+                return again.status == 200
+
+        assert await until("a free viewer slot", served)
