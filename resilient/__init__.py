@@ -21,10 +21,13 @@ from resilient.errors import (
     CircuitOpenError,
     ConfigError,
     DeadlineExceeded,
+    LimitExceededError,
     RejectedError,
     ResilientError,
 )
+from resilient.hedge import Hedge, hedge
 from resilient.hub import Hub, breaker
+from resilient.limit import ConcurrencyLimit
 from resilient.policy import Policy
 from resilient.retry import retry
 from resilient.state import State
@@ -37,9 +40,12 @@ __all__ = [
     "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",
+    "ConcurrencyLimit",
     "ConfigError",
     "DeadlineExceeded",
+    "Hedge",
     "Hub",
+    "LimitExceededError",
     "Permit",
     "Policy",
     "RejectedError",
@@ -51,6 +57,7 @@ __all__ = [
     "config",
     "deadline",
     "events",
+    "hedge",
     "remaining",
     "retry",
     "stores",

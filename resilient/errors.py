@@ -15,6 +15,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "DeadlineExceeded",
+    "LimitExceededError",
     "RejectedError",
     "ResilientError",
 ]
@@ -64,6 +65,17 @@ class BulkheadFullError(RejectedError):
         super().__init__(f"bulkhead full: {limit} concurrent calls already running")
 
     def __reduce__(self) -> tuple[type[BulkheadFullError], tuple[int]]:
+        return (type(self), (self.limit,))
+
+
+class LimitExceededError(RejectedError):
+    """A ``ConcurrencyLimit`` refused the call: ``limit`` calls were already in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"concurrency limit reached: {limit} calls already in flight")
+
+    def __reduce__(self) -> tuple[type[LimitExceededError], tuple[int]]:
         return (type(self), (self.limit,))
 
 

@@ -1,12 +1,17 @@
 """Policy: the resilience layers composed in one documented order.
 
-    fallback > deadline > retry > breaker > bulkhead > per-attempt timeout > call
+    fallback > deadline > retry > hedge > breaker > concurrency limit > bulkhead
+      > per-attempt timeout > call
 
-(the order Resilience4j recommends). Read it from the outside in: the caller's
+(the order Resilience4j recommends, with hedging and the adaptive limit of
+docs/concepts/tail.md). Read it from the outside in: the caller's
 deadline bounds everything; retry asks again when an attempt fails; the
 breaker sees every attempt (so a retry storm is itself visible to it) and
 rejects when the dependency is down; the bulkhead caps how many attempts are
-in flight; the per-attempt timeout bounds one attempt. Consequences:
+in flight; the per-attempt timeout bounds one attempt. A hedge races extra
+attempts of one try through the breaker and the limit (a retry counts as
+one try); the limit refuses at once what the dependency cannot take now.
+Consequences:
 
 - A per-attempt timeout raises a plain ``TimeoutError`` (not
   ``DeadlineExceeded``: that name is the caller's deadline), which the breaker
@@ -45,6 +50,8 @@ from typing import Any, ParamSpec, TypeVar, cast
 from resilient.bulkhead import Bulkhead
 from resilient.deadline import Expiry, _current
 from resilient.errors import ConfigError, DeadlineExceeded
+from resilient.hedge import Hedge, gate
+from resilient.limit import ConcurrencyLimit
 from resilient.retry import Clock, Retry, Sleep
 
 __all__ = ["Policy"]
@@ -179,6 +186,9 @@ class Policy:
         bulkhead: an ``int`` N (``Bulkhead(N)``: N attempts in flight, no
             queue) or a ``Bulkhead``; shared by every function this policy
             decorates.
+        hedge: a ``hedge(...)`` (async functions only); hedges draw on the
+            retry's budget when the hedge has none of its own.
+        limit: a ``ConcurrencyLimit``; shared like the bulkhead.
         fallback: ``fn(exc) -> result`` when the policy fails (async
             functions may have an async fallback).
         clock: monotonic seconds for the retry's state and the sync timeout;
@@ -193,6 +203,8 @@ class Policy:
     retry: Retry | None = None
     timeout: float | None = None
     bulkhead: int | Bulkhead | None = None
+    hedge: Hedge | None = None
+    limit: ConcurrencyLimit | None = None
     fallback: Fallback | None = None
     clock: Clock | None = None
     sleep: Sleep | None = None
@@ -230,6 +242,12 @@ class Policy:
                 value=bulkhead,
             )
         object.__setattr__(self, "_bulkhead", built)
+        if self.hedge is not None and not isinstance(self.hedge, Hedge):
+            raise ConfigError("Policy hedge= must be a hedge(...)", field="hedge", value=self.hedge)
+        if self.limit is not None and not isinstance(self.limit, ConcurrencyLimit):
+            raise ConfigError(
+                "Policy limit= must be a ConcurrencyLimit", field="limit", value=self.limit
+            )
         for name in ("fallback", "clock", "sleep"):
             value = getattr(self, name)
             if value is not None and not callable(value):
@@ -254,6 +272,10 @@ class Policy:
             call = _timeout_sync(call, float(self.timeout), self.clock or time.monotonic)
         if self._bulkhead is not None:
             call = self._bulkhead._wrap_sync(call)
+        if self.limit is not None:
+            call = self.limit._wrap_sync(call)
+        if self.hedge is not None:
+            raise ConfigError("Policy hedge= needs an async function", field="hedge")
         if self.breaker is not None:
             call = self.breaker(call)
         retry = self._retry()
@@ -274,9 +296,16 @@ class Policy:
             call = _timeout_async(call, float(self.timeout))
         if self._bulkhead is not None:
             call = self._bulkhead._wrap_async(call)
+        if self.limit is not None:
+            call = self.limit._wrap_async(call)
+        if self.hedge is not None:
+            call = gate(call)  # beneath the breaker: it counts one success per call
         if self.breaker is not None:
             call = self.breaker(call)
         retry = self._retry()
+        if self.hedge is not None:
+            budget = retry.budget if retry is not None else None
+            call = self.hedge._wrap_async(call, budget, record_requests=budget is None)
         if retry is not None:
             call = retry._wrap_async(call)
         # The deadline layer needs no code of its own here: the deadline's timer
