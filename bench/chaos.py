@@ -1,6 +1,7 @@
 """The chaos benchmark: four HTTP clients through the same outage, judged against targets.
 
-    python -m bench.chaos [--scenario outage|outage-50|brownout ...] [--out DIR]
+    python -m bench.chaos [--scenario outage|outage-50|brownout ...] [--stack aiohttp|httpx]
+                          [--out DIR]
 
 An upstream on loopback in its own process (``resilient.demo.AsyncUpstreamProcess``)
 and an open-loop load, one client at a time (each against a fresh upstream,
@@ -25,6 +26,16 @@ The clients:
 - ``resilient``: ``resilient.http.session(timeouts=Timeouts(total=2.0))``,
   every other setting at its default (a fresh in-memory hub, as the default
   hub is).
+
+With ``--stack httpx`` the same run is made through httpx instead:
+
+- ``httpx``: ``httpx.AsyncClient(timeout=2.0)``, httpx's default pool: the
+  baseline of that stack's ratios.
+- ``httpx-unlimited``: the same with no pool limit (``Limits(max_connections=None)``):
+  a peer whose loop is not spent on httpx's pool queue (hundreds of requests
+  wait there in an outage, at a CPU cost quadratic in their number).
+- ``resilient-httpx``: ``resilient.httpx.AsyncClient(timeouts=Timeouts(total=2.0))``,
+  every other setting at its default.
 
 Latency counts every request, failures and rejections at the time they took.
 Targets (resilient against aiohttp, same run): in the outages, P99 <= 0.18x,
@@ -68,6 +79,7 @@ from resilient.demo import (
     scenario,
     summarize,
 )
+from resilient.demo._httpx import httpx_baseline, httpx_contender
 
 TOTAL = 2.0
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
@@ -144,6 +156,16 @@ CONTENDERS: dict[str, Callable[[], Contender]] = {
     "tenacity": with_tenacity,
     "pybreaker": with_pybreaker,
     "resilient": lambda: contender(TOTAL),
+}
+HTTPX_CONTENDERS: dict[str, Callable[[], Contender]] = {
+    "httpx": lambda: httpx_baseline(TOTAL),
+    "httpx-unlimited": lambda: httpx_baseline(TOTAL, pool_limit=False),
+    "resilient-httpx": lambda: httpx_contender(TOTAL),
+}
+#: The client library a run goes through: its contenders and the pair judged (baseline, ours).
+STACKS: dict[str, tuple[dict[str, Callable[[], Contender]], tuple[str, str]]] = {
+    "aiohttp": (CONTENDERS, ("aiohttp", "resilient")),
+    "httpx": (HTTPX_CONTENDERS, ("httpx", "resilient-httpx")),
 }
 
 
@@ -244,13 +266,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scenario", action="append", choices=sorted(SCENARIOS), help="repeatable; default: all"
     )
     parser.add_argument(
-        "--client", action="append", choices=list(CONTENDERS), help="repeatable; default: all"
+        "--stack", choices=list(STACKS), default="aiohttp", help="the client library (%(default)s)"
+    )
+    parser.add_argument(
+        "--client",
+        action="append",
+        choices=[name for contenders, _ in STACKS.values() for name in contenders],
+        help="repeatable; default: all of the stack's",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/out"), help="where the plots go")
     args = parser.parse_args(argv)
     names = args.scenario or list(SCENARIOS)
-    who = args.client or list(CONTENDERS)
-    passed = asyncio.run(bench(names, who, args.out))
+    contenders, pair = STACKS[args.stack]
+    who = args.client or list(contenders)
+    unknown = [name for name in who if name not in contenders]
+    if unknown:
+        parser.error(f"--client {', '.join(unknown)}: not of the {args.stack} stack")
+    aiohttp_stack = args.stack == "aiohttp"
+    passed = asyncio.run(
+        bench(
+            names,
+            who,
+            args.out,
+            contenders=contenders,
+            pair=pair,
+            prefix="chaos" if aiohttp_stack else f"chaos-{args.stack}",
+            title="chaos benchmark" if aiohttp_stack else f"chaos benchmark over {args.stack}",
+        )
+    )
     print(f"\nall targets met: {passed}")
     return 0
 

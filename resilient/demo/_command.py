@@ -5,14 +5,33 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resilient.demo._plot import plot as draw
-from resilient.demo._run import Result, baseline, contender, run
+from resilient.demo._run import Contender, Result, baseline, contender, run
 from resilient.demo._scenario import Scenario, scenario
 from resilient.demo._summary import hits_text, rows, summarize
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from resilient.hub import Hub
+
+__all__ = ["CLIENTS", "main"]
+
+#: The client libraries the demo can compare through (``--client``).
+CLIENTS = ("aiohttp", "httpx", "grpc")
+
+
+def _contenders(client: str, hub: Hub) -> list[Contender]:
+    """The bare client and resilient's, both of the chosen library."""
+    if client == "httpx":
+        from resilient.demo._httpx import httpx_baseline, httpx_contender
+
+        return [httpx_baseline(), httpx_contender(hub=hub)]
+    if client == "grpc":
+        from resilient.demo._grpc import grpc_baseline, grpc_contender
+
+        return [grpc_baseline(), grpc_contender(hub=hub)]
+    return [baseline(), contender(hub=hub)]
 
 
 def main(
@@ -24,6 +43,7 @@ def main(
     plot: str | Path | None = "resilient-demo.png",
     *,
     seed: int = 1,
+    client: str = "aiohttp",
 ) -> int:
     """Run the chaos demo; what ``resilient demo`` (and ``make demo``) runs.
 
@@ -37,6 +57,10 @@ def main(
             ``/resilient/demo`` there (push one with ``resilient config push``).
         plot: where to write the PNG (``None``: no plot).
         seed: seeds the upstream's fault draws.
+        client: the client library both sides use: ``"aiohttp"`` (a bare
+            ``ClientSession`` against ``resilient.http.session``), ``"httpx"``
+            (``httpx.AsyncClient`` against ``resilient.httpx.AsyncClient``) or
+            ``"grpc"`` (a bare channel against ``resilient.grpc``'s interceptors).
 
     Returns:
         0 on success, 1 on invalid input.
@@ -44,6 +68,10 @@ def main(
     from rich.console import Console
 
     console = Console(width=max(100, Console().width))
+    if client not in CLIENTS:
+        choices = ", ".join(CLIENTS)
+        console.print(f"[red]demo: client must be one of {choices}, got {client!r}[/red]")
+        return 1
     try:
         chosen = scenario(
             fault, rate=rate, healthy=0.2 * duration, faulty=0.4 * duration, healed=0.4 * duration
@@ -52,7 +80,7 @@ def main(
         console.print(f"[red]demo: {exc}[/red]")
         return 1
     try:
-        return asyncio.run(_demo(console, chosen, redis, etcd, plot, seed))
+        return asyncio.run(_demo(console, chosen, redis, etcd, plot, seed, client))
     except ValueError as exc:
         console.print(f"[red]demo: {exc}[/red]")
         return 1
@@ -65,6 +93,7 @@ async def _demo(
     etcd: str | None,
     plot_path: str | Path | None,
     seed: int,
+    client: str = "aiohttp",
 ) -> int:
     from rich.live import Live
     from rich.table import Table
@@ -95,7 +124,8 @@ async def _demo(
         for r in results:
             recent = [ok for at, ok in zip(r.sent, r.ok, strict=True) if at >= elapsed - 1.5]
             rate = f"{sum(recent) / len(recent):.0%}" if recent else "-"
-            state = r.states[-1][1] if r.states else ("closed" if r.name == "resilient" else "-")
+            ours = r.name.startswith("resilient")
+            state = r.states[-1][1] if r.states else ("closed" if ours else "-")
             table.add_row(r.name, str(len(r.sent)), str(r.running), rate, state)
         return table
 
@@ -103,8 +133,9 @@ async def _demo(
         with Live(console=console, refresh_per_second=4, transient=True) as live:
             results = await run(
                 chosen,
-                [baseline(), contender(hub=hub)],
+                _contenders(client, hub),
                 seed=seed,
+                grpc=client == "grpc",
                 on_tick=lambda e, p, rs: live.update(live_table(e, p, rs)),
             )
     finally:
@@ -127,7 +158,7 @@ async def _demo(
         )
     if base.success > ours.success:
         console.print(
-            "(aiohttp's success counts requests held through the outage and answered "
+            f"({base.name}'s success counts requests held through the outage and answered "
             "when the upstream healed, up to 2 s late; resilient had failed them fast.)"
         )
     if plot_path is not None:

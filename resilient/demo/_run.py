@@ -28,7 +28,16 @@ if TYPE_CHECKING:
 
     from resilient.hub import Hub
 
-__all__ = ["Contender", "Fetch", "Result", "StateSink", "baseline", "contender", "run"]
+__all__ = [
+    "Contender",
+    "Fetch",
+    "Result",
+    "StateSink",
+    "baseline",
+    "contender",
+    "listened",
+    "run",
+]
 
 #: Seconds to let requests still running at the end of the schedule finish.
 DRAIN: Final = 2.5
@@ -78,21 +87,27 @@ def contender(total: float = 2.0, *, hub: Hub | None = None, name: str = "resili
 
     @contextlib.asynccontextmanager
     async def open_(state: StateSink) -> AsyncIterator[Fetch]:
-        from resilient.events import StateChanged
         from resilient.http import Timeouts, session
-        from resilient.hub import Hub
 
-        own = hub if hub is not None else Hub(namespace="demo")
-
-        def listen(event: object) -> None:
-            if isinstance(event, StateChanged):
-                state(event.new.value)
-
-        own.add_listener(listen)
-        async with session(hub=own, timeouts=Timeouts(total=total)) as s:
+        async with session(hub=listened(hub, state), timeouts=Timeouts(total=total)) as s:
             yield lambda url: _read(s, url)
 
     return Contender(name, open_)
+
+
+def listened(hub: Hub | None, state: StateSink) -> Hub:
+    """``hub`` (a fresh in-memory one if None) telling ``state`` of its breakers' changes."""
+    from resilient.events import StateChanged
+    from resilient.hub import Hub
+
+    own = hub if hub is not None else Hub(namespace="demo")
+
+    def listen(event: object) -> None:
+        if isinstance(event, StateChanged):
+            state(event.new.value)
+
+    own.add_listener(listen)
+    return own
 
 
 @dataclass(slots=True)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    import aiohttp
+from typing import Any, Final
 
 __all__ = ["AsyncUpstreamProcess"]
 
@@ -26,8 +26,9 @@ class AsyncUpstreamProcess:
 
     The demo's and the benchmarks' twin of ``resilient.testing.UpstreamProcess``
     (blocking calls, mirakuru, for tests): this one needs only the standard
-    library and aiohttp, so the demo runs without the test extras, and never
-    blocks the event loop that drives the load. The child picks a free port
+    library, so the demo runs without the test extras; its control calls run
+    in a worker thread, so they neither block the event loop that drives the
+    load nor wait on it. The child picks a free port
     and prints its URL. Use as ``async with``.
     """
 
@@ -37,7 +38,6 @@ class AsyncUpstreamProcess:
         # The gRPC twin (resilient.testing.grpc_upstream) is steered the same way.
         self._module = GRPC_MODULE if grpc else MODULE
         self._proc: asyncio.subprocess.Process | None = None
-        self._control: aiohttp.ClientSession | None = None
         self.url = ""  # the control routes (and the HTTP upstream)
         self.target: str | None = None  # the gRPC upstream's HOST:PORT, if it is one
 
@@ -47,8 +47,6 @@ class AsyncUpstreamProcess:
         return self.url if self.target is None else f"grpc://{self.target}"
 
     async def __aenter__(self) -> AsyncUpstreamProcess:
-        import aiohttp
-
         source = _SOURCE
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
@@ -73,7 +71,6 @@ class AsyncUpstreamProcess:
             target = re.search(rb"grpc://([0-9.]+:[0-9]+)", line)
             if target is not None:
                 self.target = target.group(1).decode()
-            self._control = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         except BaseException:
             await self._stop()
             raise
@@ -90,9 +87,6 @@ class AsyncUpstreamProcess:
         return self._proc.pid
 
     async def _stop(self) -> None:
-        if self._control is not None:
-            await self._control.close()
-            self._control = None
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
             return
@@ -105,14 +99,30 @@ class AsyncUpstreamProcess:
 
     async def apply(self, behaviour: Mapping[str, Any]) -> None:
         """Install a behaviour (a JSON object of ``Behaviour`` fields)."""
-        assert self._control is not None
-        async with self._control.post(f"{self.url}/_control", json=dict(behaviour)) as resp:
-            if resp.status != 200:
-                raise ValueError(f"the upstream refused the behaviour: {await resp.text()}")
+        status, text = await asyncio.to_thread(self._call, "/_control", dict(behaviour))
+        if status != 200:
+            raise ValueError(f"the upstream refused the behaviour: {text}")
 
     async def hits(self) -> dict[str, int]:
         """Requests received so far, per path."""
-        assert self._control is not None
-        async with self._control.get(f"{self.url}/_stats") as resp:
-            data = await resp.json()
+        _, text = await asyncio.to_thread(self._call, "/_stats", None)
+        data = json.loads(text)
         return {str(k): int(v) for k, v in data["by_path"].items()}
+
+    def _call(self, path: str, body: object) -> tuple[int, str]:
+        """One control call, blocking, in a worker thread.
+
+        Not on the event loop: a client under test that saturates the loop
+        (bare httpx's pool with hundreds of requests queued in an outage
+        does) must not delay the scenario's phase changes and counts.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return int(exc.code), exc.read().decode("utf-8", errors="replace")
