@@ -68,11 +68,14 @@ _race: contextvars.ContextVar[_Race | None] = contextvars.ContextVar(
 )
 
 
-def gate(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def gate(
+    call: Callable[P, Awaitable[R]], discard: Callable[[R], object] | None = None
+) -> Callable[P, Awaitable[R]]:
     """Let one success through per hedged call; a later one is a cancellation.
 
     Between the check and the mark nothing is awaited, so on one event loop
     exactly one attempt passes. Outside a hedged call it passes everything.
+    ``discard`` frees a result turned away (an HTTP response's connection).
     """
 
     async def gated(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -80,6 +83,8 @@ def gate(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         race = _race.get()
         if race is not None:
             if race.won:
+                if discard is not None:
+                    discard(result)
                 raise asyncio.CancelledError("a hedged call already has its answer")
             race.won = True
         return result

@@ -272,7 +272,7 @@ class ConcurrencyLimit:
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                self.release(started, _verdict(exc))
+                self.release(started, verdict(exc))
                 raise
             self.release(started)
             return result
@@ -285,7 +285,7 @@ class ConcurrencyLimit:
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                self.release(started, _verdict(exc))
+                self.release(started, verdict(exc))
                 raise
             self.release(started)
             return result
@@ -293,7 +293,8 @@ class ConcurrencyLimit:
         return limited
 
 
-def _verdict(exc: BaseException) -> Literal["dropped", "ignored"]:
+def verdict(exc: BaseException) -> Literal["dropped", "ignored"]:
+    """What a call that raised ``exc`` tells the limit: a drop, or nothing (cancelled, refused)."""
     if isinstance(exc, asyncio.CancelledError | RejectedError) or not isinstance(exc, Exception):
         return "ignored"
     return "dropped"

@@ -28,6 +28,7 @@ from aiohttp import ClientMiddlewareType
 from resilient.config import BreakerConfig
 from resilient.errors import ConfigError
 from resilient.http._breaker import Key, breaker_layer
+from resilient.http._hedge import LimitFactory, hedge_middleware
 from resilient.http._pipeline import pipeline
 from resilient.http._profiles import Profile
 from resilient.http._profiles import profile as _profile
@@ -38,6 +39,7 @@ from resilient.http._timeouts import Timeouts, timeout_layer
 from resilient.hub import Hub
 
 if TYPE_CHECKING:
+    from resilient.hedge import Hedge
     from resilient.shadow._http import HttpShadow
 
 __all__ = ["session"]
@@ -55,6 +57,8 @@ def session(
     per: Key = "host",
     propagate: bool | Propagation = True,
     shadow: HttpShadow | None = None,
+    hedge: Hedge | None = None,
+    limit: str | LimitFactory | None = None,
     **client_session_kwargs: Any,
 ) -> aiohttp.ClientSession:
     """A tuned ``aiohttp.ClientSession``: pool profile, layered timeouts, client middlewares.
@@ -74,6 +78,10 @@ def session(
         per: ``"host"``, ``"route"`` or a callable naming a request's breaker.
         shadow: an ``resilient.shadow.HttpShadow`` mirroring a sample of the
             requests to a candidate (outermost: one mirror per request).
+        hedge: a ``resilient.hedge(...)``: idempotent requests without a body
+            get a budgeted hedge when slow (``resilient.http._hedge``).
+        limit: a ``ConcurrencyLimit`` per host: ``"gradient2"``, ``"vegas"``
+            or a callable making one; beyond it ``LimitExceededError``.
         propagate: write the gray tag and the deadline header on every attempt
             (``True``), with other header names (a ``Propagation``), or not.
         client_session_kwargs: passed to ``aiohttp.ClientSession``;
@@ -107,6 +115,8 @@ def session(
         propagation=_propagation(propagate),
     )
     middlewares: list[ClientMiddlewareType] = [middleware]
+    if hedge is not None or limit is not None:
+        middlewares.insert(0, hedge_middleware(hedge, limit))
     if shadow is not None:
         if not callable(getattr(shadow, "middleware", None)):
             raise ConfigError(f"shadow must be an HttpShadow, got {shadow!r}", field="shadow")
