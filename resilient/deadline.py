@@ -46,6 +46,9 @@ Clock = Callable[[], float]
 
 _scope: ContextVar[deadline | None] = ContextVar("resilient.deadline", default=None)
 _NUMBER = (int, float)  # (a tuple: ``int | float`` would build a union on every call)
+_INF = math.inf
+_running_loop = asyncio.get_running_loop  # (module attributes, read once)
+_current_task = asyncio.current_task
 
 
 class deadline:
@@ -65,28 +68,35 @@ class deadline:
     __slots__ = (
         "_cancelling",
         "_clock",
-        "_expiry",
         "_handle",
         "_seconds",
+        "_task",
         "_timers",
         "_token",
         "expires_at",
+        "fired",
     )
+    # Set by ``arm`` and read only when ``_task`` is set (not in ``__init__``:
+    # a middleware makes one scope per request).
+    _cancelling: int  # the task's cancel requests before ours
+    _timers: Timers | None  # where the expiry is armed
+    _handle: asyncio.Handle | None  # or a spent budget's call_soon
 
     def __init__(self, seconds: float, *, clock: Clock = time.monotonic) -> None:
-        if not isinstance(seconds, _NUMBER) or isinstance(seconds, bool):
-            raise TypeError(f"deadline seconds must be a number, got {seconds!r}")
-        if math.isnan(seconds) or seconds < 0:
+        if seconds.__class__ is not float:  # a float needs no check but NaN's and the sign's
+            if not isinstance(seconds, _NUMBER) or isinstance(seconds, bool):
+                raise TypeError(f"deadline seconds must be a number, got {seconds!r}")
+            seconds = float(seconds)
+        if not seconds >= 0.0:  # (NaN too)
             raise ValueError(f"deadline seconds must be >= 0, got {seconds!r}")
-        self._seconds = float(seconds)
+        self._seconds = seconds
         self._clock = clock
         self._token: Token[deadline | None] | None = None
-        self._expiry: Expiry | None = None
-        self._handle: asyncio.Handle | None = None  # a spent budget's call_soon
-        self._timers: Timers | None = None  # where the expiry is armed otherwise
-        self._cancelling = 0
+        self._task: asyncio.Task[Any] | None = None  # the task an armed scope cancels
         #: expiry in this scope's clock; set on enter (inf until then)
-        self.expires_at = math.inf
+        self.expires_at = _INF
+        #: whether this scope's timer has fired (its budget ran out while awaiting)
+        self.fired = False
 
     # -- what beneath-the-scope code reads ---------------------------------------------
 
@@ -96,14 +106,9 @@ class deadline:
         return left if left > 0.0 else 0.0
 
     @property
-    def fired(self) -> bool:
-        """Whether this scope's timer has fired (its budget ran out while awaiting)."""
-        return self._expiry is not None and self._expiry.fired
-
-    @property
     def armed(self) -> bool:
         """Whether this scope armed a timer (async enter, tighter than the one in force)."""
-        return self._expiry is not None
+        return self._task is not None
 
     def budget_at(self, started_at: float) -> float:
         """The budget a call started at ``started_at`` (this scope's clock) had left."""
@@ -112,7 +117,12 @@ class deadline:
     # -- sync ------------------------------------------------------------------------
 
     def __enter__(self) -> deadline:
-        if self.expires_at != math.inf or self._token is not None:
+        self._enter()
+        return self
+
+    def _enter(self) -> bool:
+        """Enter the scope; whether it is the effective one (tighter than the one in force)."""
+        if self.expires_at != _INF or self._token is not None:
             raise RuntimeError("a deadline scope can be entered only once")
         outer = _scope.get()
         if outer is not None and outer.remaining() <= self._seconds:
@@ -120,10 +130,10 @@ class deadline:
             # its expiry so ``remaining()`` on this object agrees with it.
             self.expires_at = outer.expires_at
             self._clock = outer._clock
-            return self
+            return False
         self.expires_at = self._clock() + self._seconds
         self._token = _scope.set(self)
-        return self
+        return True
 
     def __exit__(
         self,
@@ -153,24 +163,29 @@ class deadline:
 
     def arm(self) -> None:
         """Enter the scope in the current asyncio task: ``async with``'s enter."""
-        self.__enter__()
-        if self._token is not None and self._seconds != math.inf:
-            loop = asyncio.get_running_loop()
-            task = asyncio.current_task(loop)
-            if task is None:
-                raise RuntimeError("an async deadline needs to run in an asyncio task")
-            self._cancelling = task.cancelling()
-            self._expiry = expiry = Expiry(task)
-            if self._seconds > 0:
-                last = _last  # timers_of(loop), its common case written out
-                timers = last[1] if last is not None and last[0]() is loop else timers_of(loop)
-                self._timers = timers
-                at = loop.time() + self._seconds
-                timers.due[expiry] = at  # armed; the timer moves only for an earlier expiry
-                if at < timers.at:
-                    timers.arm(loop, at)
-            else:  # spent already: cancel at the first await, as asyncio.timeout does
-                self._handle = loop.call_soon(expiry)
+        seconds = self._seconds
+        if seconds == _INF:  # no budget of its own: nothing to arm
+            self._enter()
+            return
+        loop = _running_loop()
+        task = _current_task(loop)
+        if task is None:
+            raise RuntimeError("an async deadline needs to run in an asyncio task")
+        if not self._enter():
+            return
+        self._task = task
+        self._cancelling = task.cancelling()
+        if seconds > 0.0:
+            last = _last  # timers_of(loop), its common case written out
+            timers = last[1] if last is not None and last[0]() is loop else timers_of(loop)
+            self._timers = timers
+            at = self.expires_at if self._clock is timers.clock else loop.time() + seconds
+            timers.due[self] = at  # armed; the timer moves only for an earlier expiry
+            if at < timers.at:
+                timers.arm(loop, at)
+        else:  # spent already: cancel at the first await, as asyncio.timeout does
+            self._timers = None
+            self._handle = loop.call_soon(self)
 
     def disarm(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         """Leave the scope entered by ``arm``: ``async with``'s exit.
@@ -183,35 +198,44 @@ class deadline:
             DeadlineExceeded: the scope's expiry cancelled the body (``exc`` is
                 the ``CancelledError`` that surfaced); raised from ``exc``.
         """
+        token = self._token
+        if token is None:
+            return  # not the effective scope: nothing was armed or published
         try:
-            expiry = self._expiry
-            if expiry is not None:
-                if self._timers is not None:
-                    self._timers.due.pop(expiry, None)
+            task = self._task
+            if task is not None:
+                timers = self._timers
+                if timers is not None:
+                    timers.due.pop(self, None)
                 elif self._handle is not None:
                     self._handle.cancel()
                 # Fired: take our cancel request back; if nobody else asked for
                 # one and it surfaced, the expiry is ours to report.
                 if (
-                    expiry.fired
-                    and expiry.task.uncancel() <= self._cancelling
+                    self.fired
+                    and task.uncancel() <= self._cancelling
                     and exc_type is asyncio.CancelledError
                 ):
                     raise DeadlineExceeded(f"deadline of {self._seconds:g}s exceeded") from exc
         finally:
-            if self._token is not None:
-                _scope.reset(self._token)  # __exit__, written out
+            _scope.reset(token)  # __exit__, written out
+
+    def __call__(self) -> None:
+        """The expiry (a loop callback): cancel the task, and remember that it did."""
+        self.fired = True
+        if self._task is not None:
+            self._task.cancel()
 
     def __repr__(self) -> str:
-        if self.expires_at == math.inf:
+        if self.expires_at == _INF:
             return f"<deadline {self._seconds:g}s (not entered)>"
         return f"<deadline {self._seconds:g}s, {self.remaining():.3f}s left>"
 
 
 class Expiry:
-    """A timer's callback: cancel the task, and remember that it did.
+    """A timer's callback for the policy's per-attempt timeout: cancel the task, remember it.
 
-    Shared by deadline scopes and the policy's per-attempt timeout.
+    (A deadline scope is its own callback.)
     """
 
     __slots__ = ("fired", "task")
@@ -228,7 +252,7 @@ class Expiry:
 class Timers:
     """One loop timer for every armed deadline scope of an event loop.
 
-    ``due`` maps each armed scope's ``Expiry`` to its expiry in loop time;
+    ``due`` maps each armed scope (called when it expires) to its expiry in loop time;
     a scope adds its entry on enter (and calls ``arm`` if it is the earliest)
     and pops it on exit. The loop timer is
     set for the earliest expiry added (moved only when an earlier one comes);
@@ -241,10 +265,15 @@ class Timers:
     and exit in their task, the timer runs in the loop).
     """
 
-    __slots__ = ("__weakref__", "_handle", "at", "due")
+    __slots__ = ("__weakref__", "_handle", "at", "clock", "due")
 
-    def __init__(self) -> None:
-        self.due: dict[Expiry, float] = {}
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        #: the scopes' clock that is the loop's own (asyncio's loops tell
+        #: ``time.monotonic()``), so an expiry in it is one in loop time
+        self.clock: Clock | None = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else None
+        )
+        self.due: dict[deadline, float] = {}
         # Weakly: a handle refers to its loop, and the loop is the weak key
         # this object is kept under. The loop holds the handle until it runs.
         self._handle: weakref.ref[asyncio.TimerHandle] | None = None
@@ -292,7 +321,7 @@ def timers_of(loop: asyncio.AbstractEventLoop) -> Timers:
         return last[1]
     timers = _timers.get(loop)
     if timers is None:
-        timers = _timers[loop] = Timers()
+        timers = _timers[loop] = Timers(loop)
     _last = (weakref.ref(loop), timers)
     return timers
 
