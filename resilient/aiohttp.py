@@ -28,8 +28,9 @@ from resilient._deadline_header import DEFAULT_HEADER as DEFAULT_DEADLINE_HEADER
 from resilient._deadline_header import check_name, parse_ms
 from resilient.deadline import deadline
 from resilient.errors import DeadlineExceeded
+from resilient.gray._context import Pending
 from resilient.gray._rules import DEFAULT_RULES, Rule
-from resilient.gray._serve import ServerOptions, check_clock, close_request, open_request
+from resilient.gray._serve import ServerOptions, check_clock, close_request, open_found
 
 __all__ = ["DEADLINE_KEY", "deadline_middleware", "gray_middleware"]
 
@@ -98,27 +99,26 @@ def gray_middleware(
         baggage=baggage,
         clock=clock,
     )
-    recognizer = options.recognizer
     header = options.deadline_header
     names = tuple(options.headers)
 
     @web.middleware
     async def gray(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = request.headers
-        found: dict[str, list[str]] | None = None
+        found: Pending | None = None
         for name in names:
             values = headers.getall(name, None)
             if values:
                 if found is None:
-                    found = {}
+                    found = Pending()
                 found[name] = values
         if found is None:
             return await handler(request)
         seconds = None
         if header is not None and header in found and _budgeted(request):
             seconds = parse_ms(found[header])
-        inbound = recognizer.inspect(found)
-        tokens = None if inbound is None else open_request(inbound, options)
+        # (a deadline header alone is nothing to recognise)
+        tokens = open_found(found, options) if len(found) > (header in found) else None
         try:
             if seconds is None:
                 return await handler(request)

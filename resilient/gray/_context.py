@@ -6,21 +6,33 @@ inbound trace context, already validated, kept byte for byte for a
 pass-through. Everything beneath reads it: ``current()`` in handlers, the
 outbound client middleware and ``inject()`` when they forward the request.
 
+Recognition is lazy: the middleware publishes a ``Pending`` (the headers it
+found and the recogniser) and the first reader, ``current()`` or an outbound
+layer through ``record()``, turns it into the ``Inbound`` once, for every
+later reader. A handler that never asks (a leaf endpoint, a health check)
+never pays for W3C parsing. (The middleware recognises at once when
+something must happen at once: baggage, or a span to tag.)
+
 Concurrency: a ContextVar is per task and copied into tasks the handler
 starts, so the record follows the request's whole task tree and never leaks
-into a concurrent request. The record is frozen; nobody mutates it.
+into a concurrent request. The record is frozen; nobody mutates it. A
+``Pending`` read from two threads at once may be recognised twice, to the
+same result (recognition is a pure function of the headers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeAlias
 
 from resilient.gray._tag import GrayTag
 
-__all__ = ["Inbound", "current", "enter", "leave", "record", "use"]
+__all__ = ["Inbound", "Pending", "current", "enter", "leave", "published", "record", "use"]
+
+#: Header fields by lower-case name, each with every value received, in order.
+Found: TypeAlias = Mapping[str, Sequence[str]]
 
 
 class Inbound(NamedTuple):
@@ -44,26 +56,67 @@ class Inbound(NamedTuple):
     tracestate: str | None = None
 
 
-_record: ContextVar[Inbound | None] = ContextVar("resilient.gray", default=None)
+class Inspector(Protocol):
+    """What turns found headers into a record (``resilient.gray._rules.Recognizer``)."""
+
+    def inspect(self, found: Found, /) -> Inbound | None: ...
+
+
+class Pending(dict[str, list[str]]):
+    """The headers a middleware found, published as they are: a record recognised on first read.
+
+    The middleware fills it (header name -> every field) as it reads the
+    request, and ``open_found`` names the ``inspector`` and publishes it; the
+    found headers are the pending record, so a request whose record nobody
+    reads costs no object more than the headers it carried.
+    """
+
+    __slots__ = ("_inbound", "inspector")
+
+    #: recognises the headers (``inspect`` never raises); None once it has
+    inspector: Inspector | None
+    _inbound: Inbound | None
+
+    def resolve(self) -> Inbound | None:
+        """The record (``None``: neither a tag nor a valid trace context); recognised once."""
+        inspector = self.inspector
+        if inspector is not None:
+            self._inbound = inspector.inspect(self)
+            self.inspector = None
+        return self._inbound
+
+    def __repr__(self) -> str:
+        if self.inspector is None:
+            return f"<Pending recognised: {self._inbound!r}>"
+        return f"<Pending {dict.__repr__(self)}>"
+
+
+_record: ContextVar[Inbound | Pending | None] = ContextVar("resilient.gray", default=None)
+
+
+def record() -> Inbound | None:
+    """The whole inbound record of the request being handled, or ``None``."""
+    found = _record.get()
+    return found.resolve() if isinstance(found, Pending) else found
 
 
 def current() -> GrayTag | None:
     """The gray tag of the request being handled, or ``None`` (stable traffic)."""
-    found = _record.get()
+    found = record()
     return None if found is None else found.tag
 
 
-#: The whole inbound record, for the outbound layers (the variable's own
-#: ``get``: stable traffic's outbound path pays no Python call for it).
-record: Callable[[], Inbound | None] = _record.get
+#: Whether anything may have been published, recognised or not (the variable's
+#: own ``get``: stable traffic's outbound path pays no Python call to learn
+#: that there is nothing to forward).
+published: Callable[[], Inbound | Pending | None] = _record.get
 
-
-#: Publish an ``Inbound`` for the current task tree; pass the token to ``leave``
-#: (the variable's own ``set``, as ``record`` is its ``get``).
-enter: Callable[[Inbound], Token[Inbound | None]] = _record.set
+#: Publish an ``Inbound`` or a ``Pending`` for the current task tree; pass the
+#: token to ``leave`` (the variable's own ``set``).
+enter: Callable[[Inbound | Pending], Token[Inbound | Pending | None]] = _record.set
 
 #: Undo ``enter``.
-leave: Callable[[Token[Inbound | None]], None] = _record.reset
+leave: Callable[[Token[Inbound | Pending | None]], None] = _record.reset
 
 
 @contextmanager
@@ -76,7 +129,7 @@ def use(tag: GrayTag | None) -> Iterator[None]:
     consumer, a test). Inside a request it keeps the inbound trace context
     and replaces only the tag.
     """
-    outer = _record.get()
+    outer = record()
     if outer is None:
         token = _record.set(Inbound(tag))
     else:

@@ -27,14 +27,14 @@ bytes on the wire whichever server decoded them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final
 
 from resilient._deadline_header import check_name
 from resilient.errors import ConfigError
-from resilient.gray._context import Inbound
+from resilient.gray._context import Found, Inbound
 from resilient.gray._tag import MAX_TAG_LENGTH, RULE_NAMES, GrayTag, RuleName, is_tag_value
 from resilient.gray._tracestate import Reader, check_traceparent, is_key
 
@@ -48,8 +48,6 @@ __all__ = [
     "bucket",
 ]
 
-#: Header fields by lower-case name, each with every value received, in order.
-Found: TypeAlias = Mapping[str, Sequence[str]]
 
 _OWS: Final = " \t"
 

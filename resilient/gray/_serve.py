@@ -2,9 +2,12 @@
 
 ``ServerOptions.build`` validates the options both gray middlewares take
 (``ValueError`` naming the option) into one frozen object. ``open_request``
-publishes the ``Inbound`` record for the request's task tree, tags the
+publishes a recognised ``Inbound`` for the request's task tree, tags the
 current span and, if asked, makes the tag OpenTelemetry baggage;
-``close_request`` undoes both in reverse order. The ASGI and aiohttp
+``open_found`` publishes the found headers to be recognised by their first
+reader (see ``_context``) unless there is something to do with the tag now,
+then recognises them and calls ``open_request``. ``close_request`` undoes
+either. The ASGI and aiohttp
 middlewares call these around the handler, in the same task, inside
 ``try/finally``.
 """
@@ -19,7 +22,7 @@ from opentelemetry.context import Context
 
 from resilient._deadline_header import check_name
 from resilient.gray import _otel
-from resilient.gray._context import Inbound, enter, leave
+from resilient.gray._context import Inbound, Pending, enter, leave
 from resilient.gray._rules import Recognizer, Rule
 
 __all__ = [
@@ -28,10 +31,11 @@ __all__ = [
     "check_bool",
     "check_clock",
     "close_request",
+    "open_found",
     "open_request",
 ]
 
-Tokens = tuple[Token[Inbound | None], Token[Context] | None]
+Tokens = tuple[Token[Inbound | Pending | None], Token[Context] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,22 @@ class ServerOptions:
             check_clock(clock),
             names,
         )
+
+
+def open_found(found: Pending, options: ServerOptions) -> Tokens | None:
+    """Publish what ``found`` says: lazily, unless there is something to do with the tag now.
+
+    Returns the tokens for ``close_request``, or ``None`` when nothing was
+    published (recognised at once, the request carries neither a tag nor a
+    valid trace context).
+    """
+    if not options.baggage and not (options.spans and _otel.current_context()):
+        # No baggage to set, no span that could record the tag: the first
+        # reader recognises it, if anyone reads it.
+        found.inspector = options.recognizer
+        return enter(found), None
+    inbound = options.recognizer.inspect(found)
+    return None if inbound is None else open_request(inbound, options)
 
 
 def open_request(inbound: Inbound, options: ServerOptions) -> Tokens:

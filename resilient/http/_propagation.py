@@ -34,7 +34,7 @@ from multidict import CIMultiDict, istr
 from resilient._deadline_header import DEFAULT_HEADER as DEFAULT_DEADLINE_HEADER
 from resilient._deadline_header import check_name, format_ms, parse_ms
 from resilient.deadline import remaining
-from resilient.gray._context import record
+from resilient.gray._context import published
 from resilient.gray._otel import current_context
 from resilient.gray._outbound import DEFAULT_HEADER, DEFAULT_KEY, apply
 from resilient.gray._rules import check_key
@@ -116,7 +116,7 @@ class Propagation:
             text: formats the header value (``format_ms``, or a memo of it).
         """
         headers = req.headers
-        if record() is not None or current_context():  # else nothing to forward (stable traffic)
+        if published() is not None or current_context():  # else nothing to forward (stable traffic)
             apply(headers, self._gray, self._key)
         if bound is None:
             bound = remaining()
