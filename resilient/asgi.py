@@ -21,7 +21,10 @@ runs out before the response has started, the client gets ``504`` instead
 of a stack trace in the log; after that, ``DeadlineExceeded`` propagates.
 
 Cost: one pass over the request headers against a precomputed set of names.
-A request with none of them costs that pass and nothing else; ``send`` is
+A request with none of them costs that pass and nothing else. The rules
+run when the tag is first read (``resilient.gray.current()``, an outbound
+call's propagation), not for every request that carries a header they name;
+at once only when a recording span or baggage wants the tag. ``send`` is
 wrapped only for requests that carry a deadline.
 """
 
@@ -35,8 +38,9 @@ from resilient._deadline_header import DEFAULT_HEADER as DEFAULT_DEADLINE_HEADER
 from resilient._deadline_header import check_name, parse_ms
 from resilient.deadline import deadline
 from resilient.errors import DeadlineExceeded
+from resilient.gray._context import Pending
 from resilient.gray._rules import DEFAULT_RULES, Rule
-from resilient.gray._serve import ServerOptions, check_clock, close_request, open_request
+from resilient.gray._serve import ServerOptions, close_request, open_found
 
 __all__ = ["DEADLINE_SCOPE_KEY", "DeadlineMiddleware", "GrayMiddleware"]
 
@@ -61,51 +65,92 @@ _TIMEOUT_START: Final = {
 }
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
+class _Inbound:
+    """What both middlewares do with a request, in one pass and one frame.
 
-
-class _TrackingSend:
-    """``send`` that remembers whether the response has started (one per request).
-
-    It returns ``send``'s awaitable rather than awaiting it in a coroutine of
-    its own: no frame more per message.
+    The headers the options name are read once; what they say is published
+    (``open_found``: recognised lazily, by the first reader) and a deadline
+    header, for ``http``, runs the app under ``deadline``. A subclass only
+    builds ``_options`` and ``_wanted`` (raw header name -> str name).
     """
 
-    __slots__ = ("send", "started")
+    __slots__ = ("_options", "_wanted", "app")
 
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.started = False
+    app: ASGIApp
+    _options: ServerOptions
+    _wanted: dict[bytes, str]
 
-    def __call__(self, message: Message) -> Awaitable[None]:
-        self.started = True
-        return self.send(message)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        wanted = self._wanted
+        found: Pending | None = None
+        for name, value in scope["headers"]:
+            if name in wanted:
+                key = wanted[name]
+                text = value.decode("utf-8", "surrogateescape")
+                if found is None:
+                    found = Pending()
+                    found[key] = [text]
+                elif key in found:
+                    found[key].append(text)
+                else:
+                    found[key] = [text]
+        if found is None:  # the common case: nothing to recognise, no deadline
+            await self.app(scope, receive, send)
+            return
 
-
-async def _call_with_deadline(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, seconds: float, clock: Clock
-) -> None:
-    """Run ``app`` under ``deadline(seconds)``; answer 504 if it runs out before a response."""
-    scope = {**scope, DEADLINE_SCOPE_KEY: True}  # ASGI: copy the scope before changing it
-    tracking = _TrackingSend(send)
-    scope_deadline = deadline(seconds, clock=clock)
-    try:
-        scope_deadline.arm()  # `async with scope_deadline:`, two coroutines fewer
+        options = self._options
+        seconds = None
+        header = options.deadline_header
+        if (
+            header is not None
+            and kind == "http"
+            and header in found
+            and not scope.get(DEADLINE_SCOPE_KEY)
+        ):
+            seconds = parse_ms(found[header])
+        # (a deadline header alone is nothing to recognise)
+        tokens = open_found(found, options) if len(found) > (header in found) else None
         try:
-            await app(scope, receive, tracking)
-        except BaseException as exc:
-            scope_deadline.disarm(type(exc), exc)
-            raise
-        scope_deadline.disarm(None, None)
-    except DeadlineExceeded:
-        if tracking.started or not scope_deadline.fired:
-            raise
-        await send(dict(_TIMEOUT_START))
-        await send({"type": "http.response.body", "body": _TIMEOUT_BODY})
+            if seconds is None:
+                await self.app(scope, receive, send)
+                return
+            # The deadline around the app, written out here rather than in a
+            # coroutine of its own: one frame fewer per request.
+            scope = {**scope}  # ASGI: copy the scope before changing it
+            scope[DEADLINE_SCOPE_KEY] = True
+            started = False
+
+            def tracking(message: Message) -> Awaitable[None]:
+                # Remembers that the response has started; returns ``send``'s
+                # awaitable rather than awaiting it: no frame more per message.
+                nonlocal started
+                started = True
+                return send(message)
+
+            scope_deadline = deadline(seconds, clock=options.clock)
+            try:
+                scope_deadline.arm()  # `async with scope_deadline:`, two coroutines fewer
+                try:
+                    await self.app(scope, receive, tracking)
+                except BaseException as exc:
+                    scope_deadline.disarm(type(exc), exc)
+                    raise
+                scope_deadline.disarm(None, None)
+            except DeadlineExceeded:
+                if started or not scope_deadline.fired:
+                    raise
+                await send(dict(_TIMEOUT_START))  # the budget ran out before a response
+                await send({"type": "http.response.body", "body": _TIMEOUT_BODY})
+        finally:
+            if tokens is not None:
+                close_request(tokens)
 
 
-class GrayMiddleware:
+class GrayMiddleware(_Inbound):
     """Recognise gray traffic; expose it through ``resilient.gray.current()``.
 
     Args:
@@ -126,7 +171,7 @@ class GrayMiddleware:
             the message names it.
     """
 
-    __slots__ = ("_options", "_wanted", "app")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -153,50 +198,8 @@ class GrayMiddleware:
         #: raw header name -> str name, for the one pass over the headers
         self._wanted: dict[bytes, str] = {name.encode("latin-1"): name for name in options.headers}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http" and kind != "websocket":
-            await self.app(scope, receive, send)
-            return
-        wanted = self._wanted
-        found: dict[str, list[str]] | None = None
-        for name, value in scope["headers"]:
-            if name in wanted:
-                key = wanted[name]
-                text = value.decode("utf-8", "surrogateescape")  # _decode, written out
-                if found is None:
-                    found = {key: [text]}
-                elif key in found:
-                    found[key].append(text)
-                else:
-                    found[key] = [text]
-        if found is None:  # the common case: nothing to recognise, no deadline
-            await self.app(scope, receive, send)
-            return
 
-        options = self._options
-        seconds = None
-        header = options.deadline_header
-        if (
-            header is not None
-            and kind == "http"
-            and header in found
-            and not scope.get(DEADLINE_SCOPE_KEY)
-        ):
-            seconds = parse_ms(found[header])
-        inbound = options.recognizer.inspect(found)
-        tokens = None if inbound is None else open_request(inbound, options)
-        try:
-            if seconds is None:
-                await self.app(scope, receive, send)
-            else:
-                await _call_with_deadline(self.app, scope, receive, send, seconds, options.clock)
-        finally:
-            if tokens is not None:
-                close_request(tokens)
-
-
-class DeadlineMiddleware:
+class DeadlineMiddleware(_Inbound):
     """Turn the inbound deadline header into ``resilient.deadline`` for the app.
 
     Args:
@@ -208,7 +211,7 @@ class DeadlineMiddleware:
         ValueError: an option is invalid; the message names it.
     """
 
-    __slots__ = ("_clock", "_header", "app")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -218,17 +221,15 @@ class DeadlineMiddleware:
         clock: Clock = time.monotonic,
     ) -> None:
         self.app = app
-        self._header = check_name("header", header).encode("latin-1")
-        self._clock = check_clock(clock)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get(DEADLINE_SCOPE_KEY):
-            await self.app(scope, receive, send)
-            return
-        header = self._header
-        values = [_decode(value) for name, value in scope["headers"] if name == header]
-        seconds = parse_ms(values) if values else None
-        if seconds is None:
-            await self.app(scope, receive, send)
-        else:
-            await _call_with_deadline(self.app, scope, receive, send, seconds, self._clock)
+        name = check_name("header", header)
+        # Recognises nothing: the only header read is the deadline's.
+        self._options = ServerOptions.build(
+            rules=(),
+            allow=None,
+            deny=(),
+            deadline_header=name,
+            span_attributes=False,
+            baggage=False,
+            clock=clock,
+        )
+        self._wanted = {name.encode("latin-1"): name}
