@@ -3,7 +3,7 @@
     python -m bench.gray_asgi [--rounds 5] [--duration 3] [--connections 32]
                               [--load auto|wrk|aiohttp] [--requests 20000]
                               [--micro-calls 100000]
-    python -m bench.gray_asgi --instructions [--small 200] [--large 1200]
+    python -m bench.gray_asgi --instructions [--small 200] [--large 1200] [--read]
 
 End to end: two uvicorn processes (one a plain Starlette hello-world, one the
 same app under ``GrayMiddleware``) on loopback; a bounded load generator
@@ -32,6 +32,10 @@ requests of one kind); the difference in instructions over the difference in
 requests is one request's cost, start-up excluded. The ratio of the plain
 server's to the gray server's is the requests/s ratio a saturated server
 would show if every instruction cost the same. Needs ``valgrind``.
+
+``--read``: the handler reads the tag (``resilient.gray.current()``), in both
+servers. Recognition runs when the tag is first read, so without it a gray
+request's figure leaves the rules out; with it, they are in.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ TRACE_ONLY = {k: v for k, v in GRAY_HEADERS.items() if k != "x-request-timeout-m
 KINDS = {"stable": {}, "gray": TRACE_ONLY, "gray+ddl": GRAY_HEADERS}
 
 
-def build_app(gray: bool) -> Any:
+def build_app(gray: bool, read: bool = False) -> Any:
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.requests import Request
@@ -68,19 +72,22 @@ def build_app(gray: bool) -> Any:
     from starlette.routing import Route
 
     from resilient.asgi import GrayMiddleware
+    from resilient.gray import current
 
     async def hello(request: Request) -> PlainTextResponse:
+        if read:
+            current()  # what a handler that asks whether it serves gray traffic does
         return PlainTextResponse("hello, world")
 
     middleware = [Middleware(GrayMiddleware)] if gray else []
     return Starlette(routes=[Route("/", hello)], middleware=middleware)
 
 
-def serve(variant: str, port: int) -> None:
+def serve(variant: str, port: int, read: bool) -> None:
     import uvicorn
 
     uvicorn.run(
-        build_app(variant == "gray"),
+        build_app(variant == "gray", read),
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -101,7 +108,11 @@ def free_port() -> int:
 
 
 def start_server(
-    variant: str, wrapper: tuple[str, ...] = (), wait: float = 20, **popen: Any
+    variant: str,
+    wrapper: tuple[str, ...] = (),
+    wait: float = 20,
+    read: bool = False,
+    **popen: Any,
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
@@ -114,6 +125,7 @@ def start_server(
             variant,
             "--port",
             str(port),
+            *(["--read"] if read else []),
         ],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         **popen,
@@ -267,10 +279,12 @@ def micro(calls: int, rounds: int) -> None:
 # -- instructions per request, under valgrind --------------------------------------------------
 
 
-def server_instructions(variant: str, headers: dict[str, str], requests: int) -> int:
+def server_instructions(
+    variant: str, headers: dict[str, str], requests: int, read: bool = False
+) -> int:
     """Instructions a server runs to start, answer ``requests`` requests and stop."""
     valgrind = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
-    proc, port = start_server(variant, valgrind, wait=300, stderr=subprocess.PIPE)
+    proc, port = start_server(variant, valgrind, wait=300, read=read, stderr=subprocess.PIPE)
     try:
         load_aiohttp(port, headers, requests, 8)
     finally:
@@ -282,16 +296,17 @@ def server_instructions(variant: str, headers: dict[str, str], requests: int) ->
     return int(found.group(1))
 
 
-def instructions(small: int, large: int) -> None:
+def instructions(small: int, large: int, read: bool = False) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
-    print(f"\ninstructions per request under callgrind ({large} - {small} requests)")
+    handler = ", the handler reads the tag" if read else ""
+    print(f"\ninstructions per request under callgrind ({large} - {small} requests{handler})")
     print(f"  {'traffic':8} {'plain':>10} {'gray':>10} {'ratio':>7} {'overhead':>9}")
     for kind, headers in KINDS.items():
         cost = {}
         for variant in ("plain", "gray"):
-            small_run = server_instructions(variant, headers, small)
-            large_run = server_instructions(variant, headers, large)
+            small_run = server_instructions(variant, headers, small, read)
+            large_run = server_instructions(variant, headers, large, read)
             cost[variant] = (large_run - small_run) / (large - small)
         plain, gray = cost["plain"], cost["gray"]
         print(f"  {kind:8} {plain:10,.0f} {gray:10,.0f} {plain / gray:7.3f} {gray - plain:+9,.0f}")
@@ -313,12 +328,13 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=1200, help="requests (--instructions)")
     parser.add_argument("--serve", choices=["plain", "gray"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--read", action="store_true", help="the handler reads the tag")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port)
+        serve(args.serve, args.port, args.read)
         return
     if args.instructions:
-        instructions(args.small, args.large)
+        instructions(args.small, args.large, args.read)
         return
 
     micro(args.micro_calls, args.rounds)
@@ -332,7 +348,7 @@ def main() -> None:
             return load_wrk(port, headers, args.duration, args.connections)
         return load_aiohttp(port, headers, args.requests, args.connections)
 
-    servers = {variant: start_server(variant) for variant in ("plain", "gray")}
+    servers = {variant: start_server(variant, read=args.read) for variant in ("plain", "gray")}
     try:
         for variant in servers:  # warm up both
             load(servers[variant][1], GRAY_HEADERS)
