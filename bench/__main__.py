@@ -19,6 +19,7 @@ ALL = [
     "http_throughput",
     "instructions",
     "long_tail",
+    "shadow_cost",
     "chaos",
 ]
 

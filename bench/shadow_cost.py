@@ -1,0 +1,310 @@
+"""What shadowing costs the caller: ``Shadow`` at sample 0, and at 0.1 with a candidate that hangs.
+
+    python -m bench.shadow_cost [--calls 100000] [--repeats 9] [--rounds 6] [--seconds 4]
+                                [--rate 200] [--primary http|sleep] [--no-instructions]
+
+Two targets (DESIGN.md, "shadowing at sample 0 / 0.1"), each against the
+unshadowed function in the same run:
+
+1. **Sample 0, per call.** A ``Shadow``-decorated function with
+   ``sample=0`` against the same function undecorated, async and sync: the
+   overhead in µs per call (best of ``--repeats`` interleaved rounds of
+   ``--calls`` calls, as ``bench.breaker_overhead``). Target <= +0.5 µs.
+   The same difference is also counted in instructions, which the load on
+   a shared machine does not move: three processes under ``valgrind
+   --tool=callgrind`` each run ``--calls`` calls of each twin, one with
+   neither shadowed, one with the sync twin shadowed, one with the async
+   twin shadowed; the difference over ``--calls`` is one call's cost,
+   start-up excluded (``PYTHONHASHSEED=0``, so the three start alike).
+   Skipped without ``valgrind`` or with ``--no-instructions``.
+
+2. **Sample 0.1, the candidate hanging.** The primary is a real call: an
+   aiohttp GET to an upstream on loopback in its own process that answers
+   after 1 ms (``resilient.demo.AsyncUpstreamProcess``), the kind of call
+   one shadows; ``--primary sleep`` makes it ``asyncio.sleep(0.001)``
+   instead, which leaves out the client's own CPU and the network. The
+   candidate never returns (it awaits a future nobody resolves). The
+   ``Shadow`` has every other default: ``timeout=1.0``, ``bulkhead=16``,
+   its own breaker, ``noise=0.05`` (a noise sample calls the primary a
+   second time, which is real extra work on the loop), and a real
+   ``JsonlSink`` in a temporary folder (records are written on the
+   reporter's thread, which shares the GIL and the 2 CPUs with the loop).
+   Open loop at ``--rate`` calls/s; each call's latency is timed from the
+   moment it was due (so a loop delayed by the shadow's work counts) to its
+   end. Rounds alternate unshadowed and shadowed phases of ``--seconds``
+   (ABBA order) in the same event loop and the same aiohttp session; after
+   a shadowed phase the shadow is flushed (the hung candidates are cut at
+   their 1 s timeout and recorded) before the next phase starts, so an
+   unshadowed phase never runs beside a shadow's leftovers. Reported: P50,
+   P99, P999 of every call of each variant, pooled over the rounds, and the
+   shadow's outcomes. Target: shadowed P99 <= 1.05x the unshadowed P99.
+
+About 100 s with the defaults, the instruction counts included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from resilient.demo import AsyncUpstreamProcess
+from resilient.shadow import JsonlSink, Shadow
+
+COLLECTED = re.compile(r"Collected : (\d+)")
+#: Seconds an upstream answer takes (the realistic primary).
+LATENCY = 0.001
+
+
+class NullSink:
+    """Keeps nothing (part 1 never records: at sample 0 nothing is mirrored)."""
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- part 1: sample 0
+
+
+def sync_target(x: int) -> int:
+    return x
+
+
+async def async_target(x: int) -> int:
+    return x
+
+
+def twins() -> dict[str, Callable[[int], Any]]:
+    """The four functions timed: each twin bare and shadowed at sample 0."""
+    sync_shadow = Shadow("bench-sync", sync_target, sample=0, sink=NullSink())
+    async_shadow = Shadow("bench-async", async_target, sample=0, sink=NullSink())
+    return {
+        "sync bare": sync_target,
+        "sync shadowed": sync_shadow(sync_target),
+        "async bare": async_target,
+        "async shadowed": async_shadow(async_target),
+    }
+
+
+def time_sync(fn: Callable[[int], object], calls: int) -> float:
+    start = time.perf_counter()
+    for i in range(calls):
+        fn(i)
+    return (time.perf_counter() - start) / calls
+
+
+def time_async(fn: Callable[[int], Awaitable[object]], calls: int) -> float:
+    async def loop() -> float:
+        start = time.perf_counter()
+        for i in range(calls):
+            await fn(i)
+        return (time.perf_counter() - start) / calls
+
+    return asyncio.run(loop())
+
+
+def sample_zero(calls: int, repeats: int) -> dict[str, float]:
+    """Best time per call (seconds) of each of ``twins()``, rounds interleaved."""
+    fns = twins()
+    rounds: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            timer = time_async if name.startswith("async") else time_sync
+            rounds[name].append(timer(fn, calls))
+    return {name: min(times) for name, times in rounds.items()}
+
+
+def count_loop(variant: str, calls: int) -> None:
+    """The process callgrind counts: ``calls`` calls of each twin, ``variant`` shadowed."""
+    fns = twins()
+    sync_fn = fns["sync shadowed" if variant == "sync" else "sync bare"]
+    async_fn = fns["async shadowed" if variant == "async" else "async bare"]
+    time_sync(sync_fn, calls)
+    time_async(async_fn, calls)
+
+
+def instructions(variant: str, calls: int) -> int:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    command = [
+        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+        sys.executable, "-m", "bench.shadow_cost", "--count-loop", variant, "--calls", str(calls),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    found = COLLECTED.search(done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+# ---------------------------------------------------------------------- part 2: sample 0.1, hung
+
+
+async def hang(*_: object) -> None:
+    await asyncio.get_running_loop().create_future()  # nobody ever resolves it
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest rank."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+async def phase(fn: Callable[[int], Awaitable[object]], seconds: float, rate: float) -> list[float]:
+    """Call ``fn`` open loop at ``rate`` for ``seconds``; each call's time from when it was due."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    failures = 0
+
+    async def one(i: int, due: float) -> None:
+        nonlocal failures
+        try:
+            await fn(i)
+        except Exception:
+            failures += 1
+        latencies.append(loop.time() - due)
+
+    tasks: set[asyncio.Task[None]] = set()
+    origin = loop.time() + 0.02
+    for i in range(int(seconds * rate)):
+        due = origin + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = loop.create_task(one(i, due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks, timeout=5.0)
+    if failures:
+        raise RuntimeError(f"{failures} primary calls failed: the comparison would be void")
+    return latencies
+
+
+async def hung_candidate(
+    rounds: int, seconds: float, rate: float, primary_kind: str, records: Path
+) -> tuple[dict[str, list[float]], list[dict[str, float]], dict[str, int]]:
+    """Alternating phases; every latency per variant, each round's P99s, the shadow's outcomes."""
+    async with AsyncUpstreamProcess(seed=1) as upstream, aiohttp.ClientSession() as session:
+        await upstream.apply({"latency": LATENCY})
+        url = f"{upstream.url}/primary"
+
+        async def http_primary(i: int) -> bytes:
+            async with session.get(url) as resp:
+                return await resp.read()
+
+        async def sleep_primary(i: int) -> int:
+            await asyncio.sleep(LATENCY)
+            return i
+
+        primary = http_primary if primary_kind == "http" else sleep_primary
+        shadow = Shadow("bench-hung", hang, sample=0.1, sink=JsonlSink(records))
+        variants = {"unshadowed": primary, "shadowed": shadow(primary)}
+        pooled: dict[str, list[float]] = {name: [] for name in variants}
+        per_round: list[dict[str, float]] = []
+        await phase(primary, 1.0, rate)  # warm the connections and the upstream
+        for r in range(rounds):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            this_round: dict[str, float] = {}
+            for name in order:
+                latencies = await phase(variants[name], seconds, rate)
+                pooled[name].extend(latencies)
+                this_round[name] = percentile(latencies, 0.99)
+                if name == "shadowed" and not await shadow.aflush(10.0):
+                    raise RuntimeError("the shadow did not flush in 10 s")
+            per_round.append(this_round)
+        return pooled, per_round, dict(shadow.counts)
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.shadow_cost", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--calls", type=int, default=100_000, help="calls per timing round")
+    parser.add_argument("--repeats", type=int, default=9, help="timing rounds (best is kept)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of the hung candidate")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per phase")
+    parser.add_argument("--rate", type=float, default=200.0, help="primary calls per second")
+    parser.add_argument("--primary", choices=["http", "sleep"], default="http")
+    parser.add_argument("--no-instructions", action="store_true", help="skip the callgrind counts")
+    parser.add_argument("--count-loop", choices=["bare", "sync", "async"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.count_loop:
+        count_loop(args.count_loop, args.calls)
+        return 0
+    passed = True
+    load = os.getloadavg()[0]
+    print(f"shadow cost ({os.cpu_count()} CPUs, load average {load:.2f} at the start)\n")
+
+    print(f"1. sample=0: best of {args.repeats} rounds of {args.calls} calls")
+    best = sample_zero(args.calls, args.repeats)
+    for twin in ("sync", "async"):
+        bare, shadowed = best[f"{twin} bare"], best[f"{twin} shadowed"]
+        extra = (shadowed - bare) * 1e6
+        ok = extra <= 0.5
+        passed &= ok
+        print(
+            f"  [{'PASS' if ok else 'FAIL'}] {twin:<5}: {shadowed * 1e6:6.3f} us/call shadowed, "
+            f"{bare * 1e6:6.3f} bare: {extra:+.3f} us (<= +0.5 us)"
+        )
+    if args.no_instructions or shutil.which("valgrind") is None:
+        print("  (instructions: skipped; needs valgrind)")
+    else:
+        calls = min(args.calls, 50_000)
+        counts = {v: instructions(v, calls) for v in ("bare", "sync", "async")}
+        for twin in ("sync", "async"):
+            extra = (counts[twin] - counts["bare"]) / calls
+            print(f"  instructions: {twin:<5} {extra:+7.1f} per call shadowed at sample 0")
+
+    print(
+        f"\n2. sample=0.1, the candidate hanging: {args.primary} primary at {args.rate:g}/s, "
+        f"{args.rounds} rounds of {args.seconds:g} s per variant, ABBA"
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        records = Path(scratch) / "shadow.jsonl"
+        pooled, per_round, counts = asyncio.run(
+            hung_candidate(args.rounds, args.seconds, args.rate, args.primary, records)
+        )
+        lines = [json.loads(line) for line in records.read_text().splitlines()]
+        dropped = Counter(r["dropped"] for r in lines if r["dropped"] is not None)
+    for name, latencies in pooled.items():
+        p50, p99, p999 = (percentile(latencies, q) * 1e3 for q in (0.5, 0.99, 0.999))
+        print(
+            f"  {name:<10} P50 {p50:6.2f} ms  P99 {p99:6.2f} ms  P999 {p999:6.2f} ms  "
+            f"({len(latencies)} calls)"
+        )
+    rounds = "  ".join(f"{r['shadowed'] / r['unshadowed']:.3f}" for r in per_round)
+    print(f"  P99 shadowed/unshadowed per round: {rounds}")
+    print(
+        f"  the shadow's outcomes: {counts}; dropped by {dict(dropped)}; "
+        f"{len(lines)} records written"
+    )
+    ratio = percentile(pooled["shadowed"], 0.99) / percentile(pooled["unshadowed"], 0.99)
+    ok = ratio <= 1.05
+    passed &= ok
+    print(f"  [{'PASS' if ok else 'FAIL'}] P99 {ratio:.3f}x the unshadowed P99 (<= 1.05x)")
+    print(f"\nall targets met: {passed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
