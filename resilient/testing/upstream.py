@@ -121,6 +121,11 @@ class Behaviour:
         chunks: chunk count, for ``slow_body``.
         chunk_delay: seconds between chunks, for ``slow_body``.
         reset: share whose connection is reset (RST) without an answer.
+        capacity: requests per path answered at ``latency`` at once (0: no
+            limit). Past it the latency grows with the load, as on a saturated
+            server: a request arriving as the ``n``-th in flight on its path
+            waits ``n / capacity`` times as long (so at most ``capacity /
+            latency`` answers a second, however many are sent).
 
     Shares are in ``[0, 1]`` and sum to at most 1; the rest answer 200.
 
@@ -142,6 +147,7 @@ class Behaviour:
     chunks: int = 4
     chunk_delay: float = 0.25
     reset: float = 0.0
+    capacity: int = 0
 
     _shares: tuple[tuple[float, str], ...] = field(init=False, repr=False, compare=False)
 
@@ -152,6 +158,7 @@ class Behaviour:
             _number(name, getattr(self, name), 0.0, 1.0)
         _integer("status", self.status, 400, 599)
         _integer("chunks", self.chunks, 1, 1000)
+        _integer("capacity", self.capacity, 0, 1_000_000)
         if self.distribution not in _DISTRIBUTIONS:
             raise ValueError(
                 f"distribution must be one of {_DISTRIBUTIONS}, got {self.distribution!r}"
@@ -197,8 +204,13 @@ class Behaviour:
 
     @property
     def healthy(self) -> Behaviour:
-        """This latency profile with every fault cleared."""
-        return Behaviour(latency=self.latency, jitter=self.jitter, distribution=self.distribution)
+        """This latency profile (capacity included) with every fault cleared."""
+        return Behaviour(
+            latency=self.latency,
+            jitter=self.jitter,
+            distribution=self.distribution,
+            capacity=self.capacity,
+        )
 
     def pick(self, u: float) -> str:
         """The mode for a request whose uniform draw is ``u`` in ``[0, 1)``."""
@@ -207,13 +219,17 @@ class Behaviour:
                 return name
         return "ok"
 
-    def delay(self, rng: random.Random) -> float:
-        """Seconds before this request starts answering."""
-        if self.jitter <= 0:
-            return self.latency
-        if self.distribution == "exponential":
-            return self.latency + rng.expovariate(1.0 / self.jitter)
-        return self.latency + rng.uniform(0.0, self.jitter)
+    def delay(self, rng: random.Random, in_flight: int = 1) -> float:
+        """Seconds before a request starts answering, arriving as the ``in_flight``-th."""
+        seconds = self.latency
+        if self.jitter > 0:
+            if self.distribution == "exponential":
+                seconds += rng.expovariate(1.0 / self.jitter)
+            else:
+                seconds += rng.uniform(0.0, self.jitter)
+        if self.capacity and in_flight > self.capacity:
+            seconds *= in_flight / self.capacity
+        return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +307,7 @@ class Upstream:
         self._by_path: Counter[str] = Counter()
         self._by_mode: Counter[str] = Counter()
         self._active = 0
+        self._serving: Counter[str] = Counter()  # requests in flight per path
         self._stopped = asyncio.Event()
         self._released = asyncio.Event()  # set: hung requests may answer
         if self._behaviour.hang == 0:
@@ -404,25 +421,28 @@ class Upstream:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         behaviour = self._behaviour
         mode = behaviour.pick(self._rng.random())
-        self._by_path[request.path] += 1
+        path = request.path
+        self._by_path[path] += 1
         self._by_mode[mode] += 1
         self._active += 1
+        self._serving[path] += 1
         try:
-            return await self._answer(request, behaviour, mode)
+            return await self._answer(request, behaviour, mode, self._serving[path])
         except _Stopping:
             return await self._drop(request, rst=False)
         finally:
             self._active -= 1
+            self._serving[path] -= 1
 
     async def _answer(
-        self, request: web.Request, behaviour: Behaviour, mode: str
+        self, request: web.Request, behaviour: Behaviour, mode: str, in_flight: int
     ) -> web.StreamResponse:
         if mode == "hang":
             await self._released.wait()
             if self._stopped.is_set():
                 raise _Stopping
             return web.Response(text="ok")
-        await self._pause(behaviour.delay(self._rng))
+        await self._pause(behaviour.delay(self._rng, in_flight))
         if mode == "ok":
             return web.Response(text="ok")
         if mode == "error":

@@ -67,6 +67,37 @@ def test_latency_distributions_draw_from_the_injected_rng() -> None:
     assert Behaviour(latency=0.3).delay(random.Random()) == 0.3
 
 
+def test_capacity_stretches_the_latency_of_requests_past_it() -> None:
+    saturated = Behaviour(latency=0.02, capacity=10)
+    rng = random.Random()
+    assert [saturated.delay(rng, n) for n in (1, 10)] == [0.02, 0.02]
+    assert saturated.delay(rng, 30) == pytest.approx(0.06)  # 3x over capacity, 3x as long
+    assert Behaviour(latency=0.02).delay(rng, 1000) == 0.02  # capacity 0: no limit
+    assert saturated.healthy.capacity == 10  # a capacity is a profile, not a fault
+    with pytest.raises(ValueError, match="capacity"):
+        Behaviour(capacity=-1)
+
+
+async def test_capacity_counts_in_flight_requests_per_path(
+    upstream: Upstream, client: aiohttp.ClientSession
+) -> None:
+    upstream.set(latency=0.5, capacity=2)
+    started = time.monotonic()
+    # Four at once on /a: the later ones arrive as the 3rd and 4th in flight
+    # there and take 1.5x and 2x as long (0.75 s, 1 s); one on /b is alone on its path.
+    timed: dict[str, float] = {}
+
+    async def get(url: str, key: str) -> None:
+        assert (await _get(client, url))[0] == 200
+        timed[key] = time.monotonic() - started
+
+    await asyncio.gather(
+        *(get(f"{upstream.url}/a", f"a{i}") for i in range(4)), get(f"{upstream.url}/b", "b")
+    )
+    assert max(timed.values()) >= 1.0  # the 4th on /a
+    assert timed["b"] < 0.9  # 0.5 s: /b's own count was 1
+
+
 async def test_error_share_is_reproducible_with_a_seeded_rng(client: aiohttp.ClientSession) -> None:
     outcomes = []
     for _ in range(2):
