@@ -18,12 +18,17 @@ second), so queueing shows against it while a lasting shift of the
 dependency's own latency is still learned in time.
 
 - ``gradient2``: ``gradient = clamp(tolerance * long / short, 0.5, 1)``;
-  ``new = limit * gradient + sqrt(limit)`` (the queue allowance), smoothed by
-  ``smoothing``. The limit settles where the latency is about ``tolerance``
-  times the no-load latency.
+  under ``tolerance`` (``gradient`` 1) ``new = limit + sqrt(limit)`` (the
+  queue allowance: room to find out whether more is sustained), past it
+  ``new = limit * gradient``; smoothed by ``smoothing`` (0.2). The limit
+  settles where the latency is about ``tolerance`` times the no-load
+  latency. (Netflix adds the allowance past ``tolerance`` too; then the limit
+  settles where the allowance balances the cut, ``sqrt(limit)`` calls of
+  queue beyond ``tolerance``: about twice the no-load latency at a limit of 20.)
 - ``vegas``: ``queue = limit * (1 - long / short)``; below ``alpha = 3
   log10(limit)`` the limit grows by ``log10(limit)``, above ``beta = 6
-  log10(limit)`` it shrinks by as much (smoothed likewise).
+  log10(limit)`` it shrinks by as much, unsmoothed by default (as Netflix's:
+  its steps are already small).
 
 Neither raises the limit while fewer than half of it are in flight (the
 caller, not the dependency, is the bottleneck then).
@@ -90,7 +95,8 @@ class ConcurrencyLimit:
         initial: the limit to start with; min, max: its bounds.
         window: finished calls per recomputation.
         tolerance: gradient2's allowed short/long RTT ratio before it cuts.
-        smoothing: share of a new estimate taken per window (0 < s <= 1).
+        smoothing: share of a new estimate taken per window (0 < s <= 1;
+            default 0.2 for gradient2, 1 for vegas).
         backoff: the factor a window with a failed call cuts the limit by.
         drift: share of the gap per second the no-load RTT rises by (0.01:
             a lasting rise of the dependency's own latency is learned in
@@ -110,7 +116,7 @@ class ConcurrencyLimit:
         max: int = 1000,
         window: int = 20,
         tolerance: float = 1.5,
-        smoothing: float = 0.2,
+        smoothing: float | None = None,
         backoff: float = 0.9,
         drift: float = 0.01,
         clock: Clock = time.monotonic,
@@ -133,6 +139,8 @@ class ConcurrencyLimit:
                 value=initial,
             )
         self.window = _int("window", window)
+        if smoothing is None:
+            smoothing = 0.2 if algorithm == "gradient2" else 1.0
         for name, value, low, high in (
             ("tolerance", tolerance, 1.0, math.inf),
             ("smoothing", smoothing, 0.0, 1.0),
@@ -243,7 +251,7 @@ class ConcurrencyLimit:
         if peak < estimate / 2.0:
             return estimate  # application-limited: the latency says nothing of the limit
         gradient = min(1.0, max(0.5, self.tolerance * self._long / short))
-        target = estimate * gradient + math.sqrt(estimate)
+        target = estimate + math.sqrt(estimate) if gradient == 1.0 else estimate * gradient
         return estimate * (1.0 - self.smoothing) + target * self.smoothing
 
     def _vegas(self, estimate: float, short: float, peak: int) -> float:

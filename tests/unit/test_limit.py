@@ -102,6 +102,46 @@ def test_the_limit_converges_near_the_capacity(algorithm: str, low: int, high: i
     assert low <= limit.limit <= high
 
 
+@pytest.mark.parametrize("algorithm", ["gradient2", "vegas"])
+def test_at_a_small_capacity_the_latency_settles_near_the_tolerance(algorithm: str) -> None:
+    # Where the queue allowance (sqrt(limit)) is large against the limit, it
+    # must not hold the latency at twice the no-load one (the DESIGN bound).
+    # (drift all but off: the no-load RTT stays the model's.)
+    now = [0.0]
+    limit = ConcurrencyLimit(
+        algorithm,  # type: ignore[arg-type]
+        initial=40,
+        drift=1e-9,
+        clock=lambda: now[0],
+    )
+    model = Model(clients=5)  # first under the capacity: the no-load RTT is learned
+    simulate(limit, now, [10], model, ends=2_000)
+    model.waiting.extend(range(5, 100))  # then far over it
+    simulate(limit, now, [10], model, ends=20_000)
+    seen = []
+    for _ in range(20):
+        simulate(limit, now, [10], model, ends=200)
+        seen.append(limit.limit)
+    assert min(seen) >= 10 and max(seen) <= 17  # latency at most 1.7x the no-load
+
+
+@pytest.mark.parametrize("algorithm", ["gradient2", "vegas"])
+def test_a_capacity_drop_is_followed_within_a_few_dozen_windows(algorithm: str) -> None:
+    # The bench's step (bench/limit_step.py) closes about five windows a
+    # second; DESIGN asks the limit to settle within 5 s.
+    now = [0.0]
+    limit = ConcurrencyLimit(algorithm, clock=lambda: now[0])  # type: ignore[arg-type]
+    model = Model(clients=30)
+    simulate(limit, now, [50], model, ends=5_000)
+    assert limit.limit >= 40
+    model.waiting.extend(range(30, 100))
+    windows = 0
+    while limit.limit > 17 and windows < 1_000:
+        simulate(limit, now, [10], model, ends=limit.window)
+        windows += 1
+    assert windows <= 40
+
+
 def test_a_failed_window_backs_off() -> None:
     now = [0.0]
     limit = ConcurrencyLimit(initial=100, window=1, clock=lambda: now[0])
