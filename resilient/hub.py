@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from resilient.breaker import NAME_PATTERN, CircuitBreaker
 from resilient.config import BreakerConfig
@@ -38,6 +38,9 @@ from resilient.events import (
     UnknownFieldsIgnored,
     deliver,
 )
+
+if TYPE_CHECKING:
+    from resilient.limit import ConcurrencyLimit
 
 __all__ = ["ConfigSource", "Hub", "Store"]
 
@@ -112,6 +115,7 @@ class Hub:
         self._create_lock = threading.Lock()
         self._listeners: tuple[Listener, ...] = ()
         self._hooks: tuple[Callable[[CircuitBreaker], object], ...] = ()
+        self._limits: dict[str, ConcurrencyLimit] = {}
         # The source's current view, as plain data (see apply_config).
         self._source_defaults: Mapping[str, Any] = {}
         self._source_breakers: Mapping[str, Mapping[str, Any]] = {}
@@ -193,6 +197,20 @@ class Hub:
     def remove_breaker_hook(self, hook: Callable[[CircuitBreaker], object]) -> None:
         with self._create_lock:
             self._hooks = tuple(h for h in self._hooks if h != hook)
+
+    # ------------------------------------------------------------------ limits
+
+    def add_limit(self, name: str, limit: ConcurrencyLimit) -> None:
+        """Show ``limit`` as ``name`` where this hub's breakers show (telemetry).
+
+        ``session(limit=...)`` adds each host's limit under the host's
+        breaker name; a ``Policy``'s own limit is added by whoever wants it seen.
+        """
+        self._limits[name] = limit
+
+    def limits(self) -> Mapping[str, ConcurrencyLimit]:
+        """The limits added to this hub, by name (a read-only view)."""
+        return dict(self._limits)
 
     # ------------------------------------------------------------------ config seam
 

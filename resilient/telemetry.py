@@ -46,6 +46,7 @@ import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -74,6 +75,9 @@ __all__ = [
     "DEGRADED",
     "DURATION",
     "DURATION_BUCKETS",
+    "LIMIT",
+    "LIMIT_INFLIGHT",
+    "LIMIT_REJECTIONS",
     "METER_NAME",
     "PROMETHEUS_BUCKETS",
     "REJECTED_EVENT",
@@ -95,6 +99,9 @@ DEGRADED: Final = "resilient.breaker.degraded"
 DURATION: Final = "resilient.breaker.duration"
 STATE_CHANGED_EVENT: Final = "resilient.breaker.state_changed"
 REJECTED_EVENT: Final = "resilient.breaker.rejected"
+LIMIT: Final = "resilient.limit"
+LIMIT_INFLIGHT: Final = "resilient.limit.inflight"
+LIMIT_REJECTIONS: Final = "resilient.limit.rejections"
 
 #: Upper bounds (seconds) of the duration histogram's buckets: 0.5 ms to 30 s,
 #: about ten a decade (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8), no two neighbours
@@ -432,6 +439,11 @@ class Instrumentation:
         for f in self._followed.values():
             yield Observation(int(f.breaker.snapshot().degraded), {"breaker": f.breaker.name})
 
+    def _observe_limits(self, field: str) -> Iterator[Observation]:
+        # Read at collection time from the hub's limits: nothing per call.
+        for name, limit in self.hub.limits().items():
+            yield Observation(getattr(limit.snapshot(), field), {"limit": name})
+
 
 class _Followed:
     """One followed breaker: its totals and its attribute sets, built once."""
@@ -504,6 +516,24 @@ class _Instruments:
             unit="1",
             description="1 while a breaker's shared store is unreachable (deciding locally).",
         )
+        meter.create_observable_gauge(
+            LIMIT,
+            callbacks=[partial(self._limits, "limit")],
+            unit="{call}",
+            description="The calls an adaptive concurrency limit admits at once, now.",
+        )
+        meter.create_observable_up_down_counter(
+            LIMIT_INFLIGHT,
+            callbacks=[partial(self._limits, "inflight")],
+            unit="{call}",
+            description="Calls an adaptive concurrency limit admitted that have not ended.",
+        )
+        meter.create_observable_counter(
+            LIMIT_REJECTIONS,
+            callbacks=[partial(self._limits, "rejected")],
+            unit="{call}",
+            description="Calls an adaptive concurrency limit refused.",
+        )
 
     def add(self, handle: Instrumentation) -> None:
         with _registry_lock:
@@ -524,6 +554,9 @@ class _Instruments:
 
     def _degraded(self, options: CallbackOptions) -> Iterable[Observation]:
         return [o for h in self._handles for o in h._observe_degraded()]
+
+    def _limits(self, field: str, options: CallbackOptions) -> Iterable[Observation]:
+        return [o for h in self._handles for o in h._observe_limits(field)]
 
 
 def _duration_histogram(meter: Meter) -> Histogram:

@@ -30,7 +30,9 @@ from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, Clie
 from resilient.budget import RetryBudget
 from resilient.errors import ConfigError
 from resilient.hedge import Hedge, LearnedDelay, gate, race
+from resilient.http._breaker import host_name
 from resilient.http._shared import is_idempotent
+from resilient.hub import Hub
 from resilient.limit import ConcurrencyLimit, verdict
 
 __all__ = ["LimitFactory", "hedge_middleware"]
@@ -78,9 +80,13 @@ class _Host:
 
 
 def hedge_middleware(
-    hedge: Hedge | None, limit: str | LimitFactory | None = None
+    hedge: Hedge | None, limit: str | LimitFactory | None = None, hub: Hub | None = None
 ) -> ClientMiddlewareType:
-    """The middleware ``session(hedge=..., limit=...)`` puts first."""
+    """The middleware ``session(hedge=..., limit=...)`` puts first.
+
+    Each host's limit is added to ``hub`` under the host's breaker name, so
+    telemetry shows it beside the breaker.
+    """
     if hedge is not None and not isinstance(hedge, Hedge):
         raise ConfigError(f"hedge must be a hedge(...), got {hedge!r}", field="hedge", value=hedge)
     make_limit = _limits(limit)
@@ -93,7 +99,10 @@ def hedge_middleware(
             budget = None
             if hedge is not None:
                 budget = hedge.budget or RetryBudget(ratio=0.05, min_per_second=1.0)
-            host = hosts[key] = _Host(hedge, budget, make_limit() if make_limit else None)
+            made = make_limit() if make_limit else None
+            if made is not None and hub is not None:
+                hub.add_limit(host_name(*key), made)
+            host = hosts[key] = _Host(hedge, budget, made)
         return host
 
     async def resilient_hedge(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:

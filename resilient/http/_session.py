@@ -36,7 +36,7 @@ from resilient.http._propagation import Propagation
 from resilient.http._retry import Retries, retry_layer
 from resilient.http._shared import is_idempotent
 from resilient.http._timeouts import Timeouts, timeout_layer
-from resilient.hub import Hub
+from resilient.hub import Hub, default_hub
 
 if TYPE_CHECKING:
     from resilient.hedge import Hedge
@@ -116,7 +116,8 @@ def session(
     )
     middlewares: list[ClientMiddlewareType] = [middleware]
     if hedge is not None or limit is not None:
-        middlewares.insert(0, hedge_middleware(hedge, limit))
+        limits_hub = hub if hub is not None else default_hub()
+        middlewares.insert(0, hedge_middleware(hedge, limit, limits_hub))
     if shadow is not None:
         if not callable(getattr(shadow, "middleware", None)):
             raise ConfigError(f"shadow must be an HttpShadow, got {shadow!r}", field="shadow")

@@ -86,14 +86,19 @@ async def test_beyond_the_limit_a_request_is_refused_and_never_sent(
     server: tuple[Server, str],
 ) -> None:
     state, url = server
+    hub = Hub()
     async with session(
-        hub=Hub(), limit=lambda: ConcurrencyLimit(initial=1, min=1, max=1), retries=False
+        hub=hub, limit=lambda: ConcurrencyLimit(initial=1, min=1, max=1), retries=False
     ) as http:
         held = asyncio.ensure_future(http.get(f"{url}/hold"))
         await asyncio.wait_for(state.held.wait(), 10.0)
         with pytest.raises(LimitExceededError):
             await http.get(f"{url}/hold")
         assert state.hits["/hold"] == 1
+        # The host's limit is in the hub under the host's breaker name, for telemetry.
+        (name, limit), *others = hub.limits().items()
+        assert not others and name in hub.breakers()
+        assert (limit.inflight, limit.snapshot().rejected) == (1, 1)
         held.cancel()
         with pytest.raises(asyncio.CancelledError):
             await held

@@ -28,13 +28,23 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, NoOpTracerProvider
 
-from resilient import CircuitBreaker, CircuitOpenError, Hub, State
+from resilient import (
+    CircuitBreaker,
+    CircuitOpenError,
+    ConcurrencyLimit,
+    Hub,
+    LimitExceededError,
+    State,
+)
 from resilient.hub import default_hub
 from resilient.telemetry import (
     CALLS,
     DEGRADED,
     DURATION,
     DURATION_BUCKETS,
+    LIMIT,
+    LIMIT_INFLIGHT,
+    LIMIT_REJECTIONS,
     REJECTED_EVENT,
     REJECTIONS,
     STATE,
@@ -324,6 +334,23 @@ def test_degraded_is_one_while_the_shared_store_is_unreachable(
     dep.link_store(Link())
     dep.sync_failed()
     assert sdk_metrics.values(DEGRADED, breaker="dep") == {frozenset(): 1}
+
+
+def test_a_hubs_limits_report_their_limit_inflight_and_rejections(
+    hub: Hub, sdk_metrics: Metrics, handle: Instrumentation
+) -> None:
+    limit = ConcurrencyLimit(initial=2, min=1, max=2)
+    hub.add_limit("payments:443", limit)
+    first = limit.acquire()
+    limit.acquire()
+    with pytest.raises(LimitExceededError):
+        limit.acquire()
+    one = frozenset()
+    assert sdk_metrics.values(LIMIT, limit="payments:443") == {one: 2}
+    assert sdk_metrics.values(LIMIT_INFLIGHT, limit="payments:443") == {one: 2}
+    assert sdk_metrics.values(LIMIT_REJECTIONS, limit="payments:443") == {one: 1}
+    limit.release(first)
+    assert sdk_metrics.values(LIMIT_INFLIGHT, limit="payments:443") == {one: 1}
 
 
 # ---------------------------------------------------------------------- span events
