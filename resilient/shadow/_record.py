@@ -35,7 +35,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 from resilient.shadow._normalize import JSONValue, to_json
 
@@ -167,7 +167,7 @@ def parse_record(obj: object) -> CallRecord | WriteRecord:
     if kind == "write":
         side = _text(obj, "side")
         if side not in SIDES:
-            raise ValueError(f"side must be one of {list(SIDES)}, got {side!r}")
+            raise ValueError(f"side must be one of {list(SIDES)}, got {_shown(side)}")
         return WriteRecord(
             ts=_number(obj, "ts"),
             operation=_text(obj, "operation"),
@@ -178,7 +178,7 @@ def parse_record(obj: object) -> CallRecord | WriteRecord:
             gray=_optional_text(obj, "gray"),
         )
     if kind != "call":
-        raise ValueError(f"type must be 'call' or 'write', got {kind!r}")
+        raise ValueError(f"type must be 'call' or 'write', got {_shown(kind)}")
     ts = _number(obj, "ts")
     operation = _text(obj, "operation")
     primary = _side(obj, "primary")
@@ -186,14 +186,14 @@ def parse_record(obj: object) -> CallRecord | WriteRecord:
     dropped = _optional_text(obj, "dropped")
     match = obj.get("match")
     if match is not None and not isinstance(match, bool):
-        raise ValueError(f"match must be true, false or null, got {match!r}")
+        raise ValueError(f"match must be true, false or null, got {_shown(match)}")
     diffs = _paths(obj, "diffs")
     noise = _paths(obj, "noise")
     outcome = obj.get("outcome")
     if outcome is None:  # a writer that leaves it out: derive it
         outcome = _derive_outcome(match, diffs, noise, dropped, candidate[1])
     elif outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {list(OUTCOMES)}, got {outcome!r}")
+        raise ValueError(f"outcome must be one of {list(OUTCOMES)}, got {_shown(outcome)}")
     return CallRecord(
         ts=ts,
         operation=operation,
@@ -224,47 +224,60 @@ def _derive_outcome(
     return "noise" if noise else "match"
 
 
+def _finite(value: object) -> TypeGuard[int | float]:
+    """A JSON number a float can hold (an integer of 400 digits is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(obj: Mapping[str, Any], field: str) -> float:
     value = obj.get(field)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
-    return float(value)
+    if _finite(value):
+        return float(value)
+    raise ValueError(f"{field} must be a finite number, got {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """``value`` for an error message, cut short (a bad record may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _text(obj: Mapping[str, Any], field: str) -> str:
     value = obj.get(field)
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{field} must be a non-empty string, got {_shown(value)}")
     return value
 
 
 def _optional_text(obj: Mapping[str, Any], field: str) -> str | None:
     value = obj.get(field)
     if value is not None and not isinstance(value, str):
-        raise ValueError(f"{field} must be a string or null, got {value!r}")
+        raise ValueError(f"{field} must be a string or null, got {_shown(value)}")
     return value
 
 
 def _paths(obj: Mapping[str, Any], field: str) -> tuple[str, ...]:
     value = obj.get(field, [])
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise ValueError(f"{field} must be a list of JSON paths, got {value!r}")
+        raise ValueError(f"{field} must be a list of JSON paths, got {_shown(value)}")
     return tuple(value)
 
 
 def _side(obj: Mapping[str, Any], field: str) -> tuple[float | None, str | None]:
     value = obj.get(field)
     if not isinstance(value, Mapping):
-        raise ValueError(f"{field} must be an object with latency_ms and error, got {value!r}")
+        raise ValueError(
+            f"{field} must be an object with latency_ms and error, got {_shown(value)}"
+        )
     latency = value.get("latency_ms")
-    if latency is not None and (
-        isinstance(latency, bool)
-        or not isinstance(latency, int | float)
-        or not math.isfinite(latency)
-        or latency < 0
-    ):
-        raise ValueError(f"{field}.latency_ms must be a number >= 0 or null, got {latency!r}")
+    if latency is not None and (not _finite(latency) or latency < 0):
+        raise ValueError(f"{field}.latency_ms must be a number >= 0 or null, got {_shown(latency)}")
     error = value.get("error")
     if error is not None and not isinstance(error, str):
-        raise ValueError(f"{field}.error must be a string or null, got {error!r}")
+        raise ValueError(f"{field}.error must be a string or null, got {_shown(error)}")
     return (None if latency is None else float(latency)), error

@@ -141,3 +141,5 @@ def _decode(fields: Mapping[Any, Any] | None) -> tuple[object, str | None]:
         return json.loads(text), None
     except (UnicodeDecodeError, ValueError) as exc:
         return None, f"the {FIELD!r} field is not JSON: {exc}"
+    except RecursionError:
+        return None, f"the {FIELD!r} field is JSON nested too deep to read"

@@ -69,6 +69,9 @@ def read_jsonl(path: Path) -> Loaded:
                 except ValueError as exc:
                     loaded.bad.append(BadRecord(where, f"not JSON (truncated?): {exc}"))
                     continue
+                except RecursionError:
+                    loaded.bad.append(BadRecord(where, "JSON nested too deep to read"))
+                    continue
                 loaded.add(where, obj)
     return loaded
 
