@@ -244,6 +244,17 @@ class Bulkhead:
 
     # -- the doors -------------------------------------------------------------------
 
+    def try_enter(self) -> bool:
+        """Take a free slot now or none, never joining the queue; leave with ``__exit__``.
+
+        For work that is dropped rather than delayed (a shadow's mirror).
+        """
+        try:
+            self._free.pop()
+        except IndexError:
+            return False
+        return True
+
     def __enter__(self) -> Bulkhead:
         self._acquire()
         return self

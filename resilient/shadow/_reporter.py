@@ -61,8 +61,12 @@ class Reporter:
         self._queue.put((None, 0.0, job))
         return True
 
+    def now(self) -> float:
+        """The timers' clock: ``call_at`` times are in its seconds."""
+        return self._clock()
+
     def call_at(self, when: float, job: Job) -> None:
-        """Run ``job`` on this thread at monotonic time ``when`` (or soon after)."""
+        """Run ``job`` on this thread at time ``when`` of ``now()`` (or soon after)."""
         self._ensure_started()
         self._queue.put((_TIMER, when, job))
 

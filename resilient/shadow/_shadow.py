@@ -53,7 +53,7 @@ from resilient.breaker import CircuitBreaker
 from resilient.bulkhead import Bulkhead
 from resilient.config import BreakerConfig
 from resilient.deadline import _scope
-from resilient.errors import CircuitOpenError, ConfigError, RejectedError
+from resilient.errors import CircuitOpenError, ConfigError
 from resilient.guard import Permit
 from resilient.shadow._compare import Compare, Judge
 from resilient.shadow._mirror import CANCELLED, CANDIDATE, PRIMARY, SECONDARY, Mirror, Outcome
@@ -104,8 +104,9 @@ class Shadow:
         breaker: the candidate's breaker: ``True`` (one of its own, default
             config), a ``BreakerConfig``, a ``CircuitBreaker``, or ``None``.
         meter_provider: where ``resilient.shadow.calls`` goes (the global one).
-        rng, clock, wall: the draws, monotonic seconds and epoch seconds
-            (injected by tests).
+        rng, clock, wall: the draws, monotonic seconds (the latencies
+            recorded) and epoch seconds (injected by tests). Timeouts run on
+            real time: the event loop's, or the reporter's for a sync candidate.
 
     Raises:
         ConfigError: an option is out of range (named in the message).
@@ -259,20 +260,13 @@ class Shadow:
             except CircuitOpenError:
                 self._drop(trace_id, gray, "breaker")
                 return None
-        try:
-            self.bulkhead.__enter__()
-        except RejectedError:
+        if not self.bulkhead.try_enter():  # never its queue: a mirror that must wait is dropped
             if permit is not None:
                 permit.release()
             self._drop(trace_id, gray, "bulkhead")
             return None
-        secondary = False
-        if self.noise and self._rng() < self.noise:
-            try:
-                self.bulkhead.__enter__()
-                secondary = True
-            except RejectedError:
-                pass  # no room for a noise sample: compare without one
+        # No room for a noise sample: compare without one.
+        secondary = bool(self.noise) and self._rng() < self.noise and self.bulkhead.try_enter()
         mirror = Mirror(
             ts=self._wall(),
             trace_id=trace_id,
@@ -303,7 +297,8 @@ class Shadow:
             workers = self._workers
             if workers is None:
                 workers = self._workers = Workers(self.bulkhead.limit)
-            deadline = self._clock() + self.timeout
+            # The timeout runs on the reporter's clock (real time), not on ``clock``.
+            deadline = self._reporter.now() + self.timeout
             workers.submit(
                 functools.partial(
                     context.run, self._run_sync, mirror, CANDIDATE, self.candidate, permit

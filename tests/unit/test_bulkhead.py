@@ -39,6 +39,17 @@ def test_the_limit_holds_and_rejections_are_typed() -> None:
         assert bh.active == 1
 
 
+def test_try_enter_takes_a_free_slot_or_none_and_never_queues() -> None:
+    bh = Bulkhead(1, queue=3)
+    assert bh.try_enter()
+    assert not bh.try_enter()  # full: refused at once, though the queue has room
+    assert (bh.active, bh.queued) == (1, 0)
+    bh.__exit__(None, None, None)
+    assert bh.try_enter()
+    bh.__exit__(None, None, None)
+    assert bh.active == 0
+
+
 def test_a_failing_call_gives_its_slot_back() -> None:
     bh = Bulkhead(1)
 
