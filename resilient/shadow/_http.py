@@ -17,6 +17,12 @@ requests (``GET``, ``HEAD``, ``OPTIONS``, ``PUT``, ``DELETE``, or one with an
 idempotency key) are mirrored: the candidate usually shares nothing with the
 primary's stores, but a second POST is the user's decision (``methods=``).
 
+aiohttp itself sends an idempotent request again when its connection
+breaks (a stale keep-alive), running the middlewares again: that attempt
+takes over the first one's mirror (a context variable of the caller's
+task), so a call is still mirrored once and the broken first attempt is
+not compared.
+
 Noise: a ``noise`` share of mirrored requests is also sent again to the
 primary's own origin, on the shadow's session, to learn noisy paths.
 
@@ -27,8 +33,9 @@ with ``await shadow.aclose()`` (or ``async with HttpShadow(...)``).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
@@ -41,6 +48,7 @@ from resilient.errors import ConfigError
 from resilient.gray import inject
 from resilient.http._shared import is_idempotent, replayable
 from resilient.shadow._compare import Compare
+from resilient.shadow._mirror import Mirror
 from resilient.shadow._normalize import JSONValue, http_value
 from resilient.shadow._shadow import Shadow, primary_async
 from resilient.shadow._sinks import Sink
@@ -118,12 +126,32 @@ class HttpShadow:
     async def middleware(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         """The aiohttp client middleware (``session()`` puts it first)."""
         shadow = self.shadow
+        carried = _carried.get()
+        if carried is not None:
+            _carried.set(None)
+            if carried.owner is self and carried.key == (req.method, req.url):
+                # aiohttp sends the same request again: the first attempt's mirror, not a second
+                return await primary_async(
+                    carried.mirror, self._primary(req, handler), shadow._clock, self._keep,
+                    started=carried.started,
+                )  # fmt: skip
         if not shadow._threshold or not self._mirrored(req):
             return await handler(req)
         mirror = shadow._admit(handler, (req,), {}, True)
         if mirror is None:
             return await handler(req)
-        return await primary_async(mirror, self._primary(req, handler), shadow._clock, self._keep)
+        started = shadow._clock()
+
+        def again(exc: BaseException) -> bool:
+            if not _resent(req, exc):
+                return False
+            _carried.set(_Carried(self, (req.method, req.url), mirror, started))
+            return True
+
+        return await primary_async(
+            mirror, self._primary(req, handler), shadow._clock, self._keep,
+            started=started, again=again,
+        )  # fmt: skip
 
     def _mirrored(self, req: ClientRequest) -> bool:
         allowed = is_idempotent(req) if self.methods is None else req.method in self.methods
@@ -154,8 +182,9 @@ class HttpShadow:
         headers = {k: v for k, v in req.headers.items() if k.lower() not in _NOT_COPIED}
         inject(headers)  # the gray tag and the trace context, as the session's own layer would
         async with self._session.request(
-            req.method, url, headers=headers, data=_body_bytes(req), allow_redirects=False
-        ) as resp:
+            req.method, url, headers=headers, data=_body_bytes(req) or None,  # no body: none sent
+            allow_redirects=False,
+        ) as resp:  # fmt: skip
             body = await resp.read()
             return self._value(resp.status, resp.headers, body)
 
@@ -184,6 +213,45 @@ class HttpShadow:
 
     def __repr__(self) -> str:
         return f"<HttpShadow {str(self.url)!r} {self.shadow!r}>"
+
+
+class _Carried(NamedTuple):
+    """A mirror whose primary attempt aiohttp is about to send again."""
+
+    owner: HttpShadow
+    key: tuple[str, URL]
+    mirror: Mirror
+    started: float
+
+
+#: Set by an attempt that aiohttp will resend, taken by the resent attempt (same task).
+_carried: ContextVar[_Carried | None] = ContextVar("resilient.shadow.carried", default=None)
+
+#: aiohttp resends these on a fresh connection when the first one fails ...
+_RESENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: ... with one of these errors, but never with a connection error of these kinds.
+_RESENT_ERRORS: Final = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+_NOT_RESENT: Final = (
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ClientConnectorError,
+    aiohttp.ClientConnectorCertificateError,
+    aiohttp.ClientConnectorSSLError,
+)
+
+
+def _resent(req: ClientRequest, exc: BaseException) -> bool:
+    """Will aiohttp send ``req`` again after its first attempt failed with ``exc``?
+
+    It does once, for an idempotent method, when a connection breaks
+    (``ClientSession._request``, RFC 9112 section 9.3.1); a mirrored
+    request's body is bytes, so it can always be sent again.
+    """
+    return (
+        isinstance(exc, _RESENT_ERRORS)
+        and not isinstance(exc, _NOT_RESENT)
+        and req.method in _RESENT_METHODS
+        and getattr(req.session, "_retry_connection", False) is True
+    )
 
 
 def _body_bytes(req: ClientRequest) -> bytes | None:

@@ -439,13 +439,21 @@ async def primary_async(
     call: Awaitable[R],
     clock: Callable[[], float],
     keep: Callable[[R], object] | None = None,
+    *,
+    started: float | None = None,
+    again: Callable[[BaseException], bool] | None = None,
 ) -> R:
     """Await the primary and settle its side; its result or exception goes to the caller as is.
 
     ``keep`` turns the result into what is compared (the HTTP shadow's
     normalised response); by default the result itself is compared.
+    ``started`` is when the primary was first called (default: now), and
+    ``again(exc)`` True means the primary will be called again for this
+    same call (aiohttp resending on a fresh connection): its side stays
+    open for that call to settle.
     """
-    started = clock()
+    if started is None:
+        started = clock()
     try:
         result = await call
         kept = result if keep is None else keep(result)
@@ -453,7 +461,8 @@ async def primary_async(
         mirror.cancel()
         raise
     except BaseException as exc:
-        mirror.settle(PRIMARY, Outcome(None, exc, clock() - started))
+        if again is None or not again(exc):
+            mirror.settle(PRIMARY, Outcome(None, exc, clock() - started))
         raise
     mirror.settle(PRIMARY, Outcome(kept, None, clock() - started))
     return result
