@@ -287,7 +287,14 @@ async def race(
                 assert last_error is not None
                 raise last_error
     finally:
-        pending = [t for t in (*running, timer) if t is not None and not t.done()]
+        pending = []
+        for task in (*running, timer):
+            if task is None:
+                continue
+            if not task.done():
+                pending.append(task)
+            elif not task.cancelled():
+                task.exception()  # one that ended with the winner: its error is seen, not logged
         for task in pending:
             task.cancel()
         if pending:

@@ -7,6 +7,7 @@ real timing: a hedge fires when the test lets it.
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -118,6 +119,39 @@ async def test_a_failed_primary_is_not_hedged_and_raises() -> None:
     with pytest.raises(OSError, match="down"):
         await hedge(delay=0.01, sleep=at_once)(fails)()
     assert started == 1
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+async def test_an_error_ending_with_the_winner_is_retrieved_not_logged(failing: int) -> None:
+    # Both attempts end in one loop iteration, one failing: whichever the
+    # race looks at first, the failure must not reach the loop's handler
+    # ("Task exception was never retrieved") once its task is collected.
+    loop = asyncio.get_running_loop()
+    logged: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: logged.append(context))
+    release = asyncio.Event()
+    started = 0
+
+    async def attempt() -> str:
+        nonlocal started
+        n, started = started, started + 1
+        if n == 0:
+            await release.wait()
+        else:  # the hedge wakes the primary, and both go on in the next iteration
+            release.set()
+            await asyncio.sleep(0)
+        if n == failing:
+            raise OSError("lost")
+        return "won"
+
+    try:
+        assert await hedge(delay=0.0, sleep=at_once)(attempt)() == "won"
+        assert started == 2
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert logged == []
 
 
 async def test_the_deadline_bounds_all_attempts_together() -> None:
