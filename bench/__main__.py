@@ -19,6 +19,8 @@ ALL = [
     "http_throughput",
     "instructions",
     "long_tail",
+    "hedging",
+    "limit_step",
     "shadow_cost",
     "chaos",
 ]

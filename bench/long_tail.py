@@ -33,7 +33,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -87,15 +87,18 @@ async def one(s: aiohttp.ClientSession, url: str, seen: Seen) -> None:
     seen.latency.append(time.perf_counter() - started)
 
 
-async def one_round(shape: str, seconds: float, rate: float) -> dict[str, Seen]:
+async def one_round(
+    shape: str, seconds: float, rate: float, clients: Mapping[str, Factory] = CLIENTS
+) -> dict[str, Seen]:
+    """One round of ``shape``: every client at ``rate``, each on its own path of one upstream."""
     share, slow = SHAPES[shape]
     behaviour = {"latency": LATENCY, "slow_headers": share, "header_delay": slow - LATENCY}
-    seen = {name: Seen() for name in CLIENTS}
+    seen = {name: Seen() for name in clients}
     async with AsyncUpstreamProcess(seed=1) as upstream:
         await upstream.apply(behaviour)
-        sessions = {name: factory() for name, factory in CLIENTS.items()}
+        sessions = {name: factory() for name, factory in clients.items()}
         try:
-            urls = {name: f"{upstream.url}/{name}" for name in CLIENTS}
+            urls = {name: f"{upstream.url}/{name}" for name in clients}
             loop = asyncio.get_running_loop()
             tasks: set[asyncio.Task[None]] = set()
             origin = loop.time() + 0.05
@@ -112,7 +115,7 @@ async def one_round(shape: str, seconds: float, rate: float) -> dict[str, Seen]:
             for task in tasks:
                 task.cancel()
             hits = await upstream.hits()
-            for name in CLIENTS:
+            for name in clients:
                 seen[name].hits = hits.get(f"/{name}", 0)
         finally:
             for s in sessions.values():
@@ -120,8 +123,7 @@ async def one_round(shape: str, seconds: float, rate: float) -> dict[str, Seen]:
     return seen
 
 
-def report(shape: str, seen: dict[str, Seen]) -> bool:
-    base, ours = seen["aiohttp"], seen["resilient"]
+def print_table(seen: Mapping[str, Seen]) -> None:
     print(f"  {'client':<10} {'P50':>8} {'P99':>8} {'P999':>8} {'sent':>6} {'upstream':>9}  failed")
     for name, s in seen.items():
         p50, p99, p999 = (percentile(s.latency, q) * 1e3 for q in (0.5, 0.99, 0.999))
@@ -129,6 +131,11 @@ def report(shape: str, seen: dict[str, Seen]) -> bool:
             f"  {name:<10} {p50:6.1f}ms {p99:6.1f}ms {p999:6.1f}ms "
             f"{s.sent:6d} {s.hits / s.sent:8.3f}x  {dict(s.failed) or '-'}"
         )
+
+
+def report(shape: str, seen: dict[str, Seen]) -> bool:
+    base, ours = seen["aiohttp"], seen["resilient"]
+    print_table(seen)
     passed = True
     for q, label in ((0.99, "P99"), (0.999, "P999")):
         ratio = percentile(ours.latency, q) / percentile(base.latency, q)
@@ -145,10 +152,16 @@ def report(shape: str, seen: dict[str, Seen]) -> bool:
     return passed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.long_tail", description=__doc__.split("\n")[0]
-    )
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "python -m bench.long_tail",
+    doc: str = __doc__,
+    clients: Mapping[str, Factory] = CLIENTS,
+    judge: Callable[[str, dict[str, Seen]], bool] = report,
+) -> int:
+    """The command line; bench.hedging runs its own clients and targets through it."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     parser.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
     parser.add_argument("--seconds", type=float, default=30.0, help="per round (default 30)")
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s per client")
@@ -164,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(round {n + 1} of {args.rounds})",
                 flush=True,
             )
-            passed &= report(shape, asyncio.run(one_round(shape, args.seconds, args.rate)))
+            passed &= judge(shape, asyncio.run(one_round(shape, args.seconds, args.rate, clients)))
     print(f"\nall targets met: {passed}")
     return 0
 

@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from resilient.demo._scenario import Scenario
 from resilient.demo._upstream import AsyncUpstreamProcess
@@ -78,18 +78,23 @@ def baseline(total: float = 2.0) -> Contender:
     return Contender("aiohttp", open_)
 
 
-def contender(total: float = 2.0, *, hub: Hub | None = None, name: str = "resilient") -> Contender:
+def contender(
+    total: float = 2.0, *, hub: Hub | None = None, name: str = "resilient", **options: Any
+) -> Contender:
     """``resilient.http.session(timeouts=Timeouts(total=2.0))``, every other setting default.
 
     With ``hub=None`` a fresh in-memory hub per run, so runs do not share a
     breaker; pass one (with a Redis store or an etcd source) to use it.
+    ``options`` are more ``session()`` arguments (``hedge=``, ``limit=``).
     """
 
     @contextlib.asynccontextmanager
     async def open_(state: StateSink) -> AsyncIterator[Fetch]:
         from resilient.http import Timeouts, session
 
-        async with session(hub=listened(hub, state), timeouts=Timeouts(total=total)) as s:
+        async with session(
+            hub=listened(hub, state), timeouts=Timeouts(total=total), **options
+        ) as s:
             yield lambda url: _read(s, url)
 
     return Contender(name, open_)
