@@ -17,6 +17,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from resilient.testing.certs import Certificates, make_certificates
+from resilient.testing.clusters import EtcdCluster, RedisCluster
 from resilient.testing.servers import EtcdServer, MissingBinaryError, RedisServer
 
 # gRPC's fork handlers can crash the children mirakuru forks (with preexec_fn) to run
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
     from resilient.testing.upstream import Upstream
 
 _MARKERS = {
-    "redis": ("redis_server", "redis_server_session"),
-    "etcd": ("etcd_server", "etcd_server_session"),
+    "redis": ("redis_server", "redis_server_session", "redis_cluster", "redis_cluster_session"),
+    "etcd": ("etcd_server", "etcd_server_session", "etcd_cluster"),
+    "cluster": ("redis_cluster", "redis_cluster_session", "etcd_cluster"),
 }
 
 
@@ -67,6 +69,27 @@ def etcd_server_session() -> Iterator[EtcdServer]:
     """One etcd for the session; use a key prefix of your own, never stop it."""
     with EtcdServer() as server:
         yield server
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A fresh Redis Cluster (3 masters, 3 replicas) for this test alone: kill, pause, restart."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisCluster]:
+    """One Redis Cluster for the session; tests must not stop a node (their own keys only)."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A fresh 3-member etcd for this test alone: kill, pause, restart a member."""
+    with EtcdCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

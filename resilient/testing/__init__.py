@@ -4,7 +4,8 @@
 ports (``RedisServer(tls=make_certificates(dir))`` speaks TLS only, with
 certificates a strict verifier accepts); ``Upstream`` is an aiohttp server
 whose latency and faults a test sets at run time (in-process, or in its own
-process with ``spawn_upstream``).
+process with ``spawn_upstream``). ``RedisCluster`` (3 masters, 3 replicas) and
+``EtcdCluster`` (3 members) run clusters of them for failover tests.
 
 Importing this package loads only the standard library; aiohttp, redis-py and
 mirakuru are imported by the pieces that use them.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from resilient.testing.certs import Certificates, make_certificates
+from resilient.testing.clusters import EtcdCluster, RedisCluster
 from resilient.testing.servers import (
     EtcdServer,
     MissingBinaryError,
@@ -27,8 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Certificates",
+    "EtcdCluster",
     "EtcdServer",
     "MissingBinaryError",
+    "RedisCluster",
     "RedisServer",
     "ServerStartError",
     "Upstream",
