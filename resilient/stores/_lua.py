@@ -412,7 +412,7 @@ def _int(value: object) -> int:
 
 
 _MESSAGE_INTS: Final = ("trips", "generation", "calls", "failures", "slow", "tokens")
-_MESSAGE_MAX: Final = 1024  # bytes; a real message is about 200
+_MESSAGE_MAX: Final = 4096  # bytes; about 200, up to 2 KiB with an operator's record
 
 
 def parse_message(data: bytes | str) -> FleetView | None:
@@ -420,7 +420,8 @@ def parse_message(data: bytes | str) -> FleetView | None:
 
     Strict: JSON only (never pickle), an object with every FleetView field of
     the right type and range; unknown extra fields are ignored so that a
-    newer version may add some mid-rollout.
+    newer version may add some mid-rollout (an operator's change carries its
+    record in ``manual``: ``_control.record_of_message``).
     """
     from resilient.fleet import FleetView
 

@@ -9,6 +9,11 @@ half-open breaker wanting probe tokens), in one pipelined round trip with one
 the fleet's view, which the breaker applies (``sync_in``). Transitions are
 also PUBLISHed; a listener applies them within milliseconds.
 
+Operators' fleet-wide states (``resilient breaker force-open``, the
+dashboard) come the same way, with a record the store holds and writes back
+when Redis returns from an outage, so they survive a Redis restarted empty
+(``_control.py``).
+
 Concurrency: everything here runs on the event loop that ran ``start()``
 (the hub's, or the hub's own thread under ``with Hub(...)``). ``attach`` and
 ``wake`` may be called from any thread: they touch only a dict, a set and
@@ -52,7 +57,7 @@ from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from resilient.stores import _lua
+from resilient.stores import _control, _lua
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -146,11 +151,14 @@ class RedisStore:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._keys: dict[str, _lua.Keys] = {}
         self._refresh: set[str] = set()  # names to READ at the next flush
+        self._holds: set[str] = set()  # names whose operator's record to read (HOLD)
         # Loop-side state.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._wake = asyncio.Event()
         self._views: dict[str, tuple[FleetView, float]] = {}  # last view and when (monotonic)
+        # Operators' states seen: name -> (generation, record; None if set in code).
+        self._manual: dict[str, tuple[int, _control.Manual | None]] = {}
         self._ns = namespace or "default"
         self._connected = False
         self._down_since: float | None = None
@@ -247,8 +255,8 @@ class RedisStore:
             # Idle connections from before the outage are dead: drop them, not a call.
             await client.connection_pool.disconnect(inuse_connections=False)
         try:
-            await client.script_load(_lua.FLUSH)
-            await client.script_load(_lua.READ)
+            await self._load_scripts(client)
+            await self._write_back(client)  # first: a Redis restarted empty gets them again
             views = await self._load_namespace(client)
         except Exception as exc:  # whatever it is, callers must not see it
             self._went_down(exc)
@@ -260,6 +268,22 @@ class RedisStore:
         self._connected = True
         self._start_listener()
         return True
+
+    async def _load_scripts(self, client: Client) -> None:
+        for source in (_lua.FLUSH, _lua.READ, _control.HOLD):
+            await client.script_load(source)
+
+    async def _write_back(self, client: Client) -> None:
+        """Write back the operators' states held here (``HOLD`` takes only those
+        Redis has no newer decision for)."""
+        calls = [
+            (name, keys, _control.HOLD_SHA, ["", keys.channel, *record.args()])
+            for name, (_, record) in list(self._manual.items())
+            if record is not None
+            for keys in [self._keys.get(name) or _lua.Keys(self._ns, name)]
+        ]
+        if calls:
+            self._take(calls, await self._execute(client, calls), time.monotonic())
 
     async def _load_namespace(self, client: Client) -> dict[str, FleetView]:
         """Every breaker state of the namespace (SCAN, then one pipelined READ)."""
@@ -318,7 +342,9 @@ class RedisStore:
         self._refresh.difference_update(reads)
         sent = {box.name for _, box in boxes}
         reads = [n for n in reads if n not in sent]
-        if not boxes and not reads:
+        holds = [n for n in list(self._holds) if n not in sent]  # a FLUSH reply says anew
+        self._holds.clear()
+        if not boxes and not reads and not holds:
             return True
         calls: list[_Call] = []
         for _, box in boxes:
@@ -330,29 +356,38 @@ class RedisStore:
                 continue
             calls.append((box.name, keys, _lua.FLUSH_SHA, args))
         calls.extend((name, self._keys[name], _lua.READ_SHA, [""]) for name in reads)
+        for name in holds:
+            keys = self._keys.get(name) or _lua.Keys(self._ns, name)
+            calls.append((name, keys, _control.HOLD_SHA, ["", keys.channel]))
         try:
             replies = await self._execute(client, calls)
         except Exception as exc:  # whatever it is, callers must not see it
             self._failed(boxes)
             self._refresh.update(reads)
+            self._holds.update(holds)
             self._went_down(exc)
             return False
-        failed = {box.name: box for _, box in boxes}
-        now = time.monotonic()
+        answered = self._take(calls, replies, time.monotonic())
+        self._failed([(b, box) for b, box in boxes if box.name not in answered])
+        return True
+
+    def _take(self, calls: list[_Call], replies: list[Any], now: float) -> set[str]:
+        """Apply each reply's view (and record); the names answered."""
+        answered = set()
         for (name, *_), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 self._log_once("reply", "resilient: Redis refused a sync of %r: %s", name, reply)
                 continue
             try:
-                view = _lua.parse_reply(reply)
+                part, record = _control.split_reply(reply)
+                view = _lua.parse_reply(part)
             except ValueError as exc:
                 self._log_once("reply", "resilient: bad fleet reply for %r: %s", name, exc)
                 continue
-            failed.pop(name, None)
+            answered.add(name)
             if view is not None:
-                self._apply(name, view, now)
-        self._failed([(b, box) for b, box in boxes if box.name in failed])
-        return True
+                self._apply(name, view, now, record)
+        return answered
 
     def _collect(self) -> list[tuple[CircuitBreaker, Outbox]]:
         """Every breaker's outbox (a degraded breaker sends one even when quiet,
@@ -376,8 +411,7 @@ class RedisStore:
         replies = await self._pipeline(client, calls)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:  # Redis restarted (or flushed its scripts): a script never ran
-            await client.script_load(_lua.FLUSH)
-            await client.script_load(_lua.READ)
+            await self._load_scripts(client)
             again = await self._pipeline(client, [calls[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -401,8 +435,13 @@ class RedisStore:
         replies = await pipe.execute(raise_on_error=False)
         return replies
 
-    def _apply(self, name: str, view: FleetView, at: float) -> None:
+    def _apply(
+        self, name: str, view: FleetView, at: float, record: object = _control.UNSAID
+    ) -> None:
         """Give ``view`` to the breaker (and remember it for one made later), unless stale.
+
+        ``record``: the operator's record the reply or message carried (None:
+        none; ``UNSAID``: a reply that says nothing of records).
 
         A flush reply and a published transition travel on two connections,
         so they can arrive out of order: a view computed (by Redis's clock)
@@ -415,9 +454,22 @@ class RedisStore:
             if view.generation < old.generation and old.now - STALE_HORIZON < view.now <= old.now:
                 return
         self._views[name] = (dataclasses.replace(view, tokens=0), at)
+        self._hold(name, view, record)
         breaker = self._breakers.get(name)
         if breaker is not None:
             breaker.sync_in(view)
+
+    def _hold(self, name: str, view: FleetView, record: object) -> None:
+        """Keep the operator's record in force (or read it soon); forget it once moved on."""
+        known = self._manual.get(name)
+        if view.state not in _control.HELD:
+            if known is not None and known[0] < view.generation:
+                del self._manual[name]
+        elif record is None or isinstance(record, _control.Manual):
+            self._manual[name] = (view.generation, record)
+        elif known is None or known[0] < view.generation:
+            self._holds.add(name)  # a manual state we have no record of: whose is it?
+            self._request_flush()
 
     # ------------------------------------------------------------------ listening
 
@@ -472,7 +524,10 @@ class RedisStore:
         if view is None:
             self._log_once("message", "resilient: ignored a malformed message on %s", channel)
             return
-        self._apply(name, view, time.monotonic())
+        # A manual state published without a record was set in code (FLUSH): none to hold.
+        held = view.state in _control.HELD
+        record = _control.record_of_message(data) if held else _control.UNSAID
+        self._apply(name, view, time.monotonic(), record)
 
     # ------------------------------------------------------------------ outages
 

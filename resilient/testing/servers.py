@@ -240,6 +240,9 @@ class RedisServer(_Server):
             ``rediss://``; clients are not asked for a certificate.
         binary: the executable to run (looked up on PATH).
         start_timeout: seconds to wait for readiness (and for a graceful stop).
+        persist: keep the append-only file (the default); False runs with
+            ``--appendonly no``: no persistence at all, so every restart
+            comes back empty, as a cache-only Redis does.
 
     ``--save ""`` turns RDB snapshots off and ``--appendonly yes`` logs every
     write, so ``restart(keep_data=True)`` finds the keys even after ``kill()``:
@@ -256,8 +259,10 @@ class RedisServer(_Server):
         tls: Certificates | None = None,
         binary: str = "redis-server",
         start_timeout: float = START_TIMEOUT,
+        persist: bool = True,
     ) -> None:
         self._binary = which(binary, "install Redis (e.g. apt-get install redis-server)")
+        self._persist = persist
         super().__init__(start_timeout)
         self._password = password
         self._tls = tls
@@ -314,7 +319,7 @@ class RedisServer(_Server):
             "--bind", HOST,
             "--dir", str(self._data),
             "--save", "",
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self._persist else "no",
             "--daemonize", "no",
             "--logfile", "",
         ]  # fmt: skip

@@ -489,7 +489,7 @@ def test_a_good_message_parses() -> None:
         json.dumps({**GOOD, "state": "closed"}),  # ... and only open has one
         json.dumps({k: v for k, v in GOOD.items() if k != "slow"}),
         '{"state": "open", "now": Infinity}',
-        json.dumps({**GOOD, "pad": "x" * 2000}),
+        json.dumps({**GOOD, "pad": "x" * 5000}),  # over 4 KiB
     ],
 )
 def test_malformed_messages_are_ignored(data: bytes | str) -> None:
