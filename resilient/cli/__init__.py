@@ -7,7 +7,7 @@ data on stdout and diagnostics on stderr, and end with one of these codes:
 0     done
 1     invalid input (a config file, a value in etcd, a missing demo)
 2     usage (unknown option, bad option value)
-3     a server (etcd) unreachable, or refusing the connection
+3     a server (etcd, Redis) unreachable, or refusing the connection
 4     a push refused because etcd changed under it (nothing written)
 5     a gate failed (``reconcile --fail-above``: a rate above the limit)
 ====  ==========================================================
@@ -158,3 +158,11 @@ app.command()(dashboard)
 from resilient.cli.reconcile import reconcile  # noqa: E402
 
 app.command()(reconcile)
+
+from resilient.cli.breaker import breaker_app  # noqa: E402
+
+app.add_typer(breaker_app, name="breaker")
+
+from resilient.cli.audit import audit  # noqa: E402
+
+app.command()(audit)

@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from resilient.cli._exit import EXIT_INVALID, EXIT_UNREACHABLE, fail
+from resilient.cli._redis import JsonOption, NamespaceOption, RedisOption, redis_client
 
 if TYPE_CHECKING:
     import redis
 
 __all__ = ["read_states", "status"]
 
-TIMEOUT = 2.0  # seconds: a CLI may wait longer than a breaker's store
+# The state hash's fields a row shows beside the view (docs/formats.md).
+_FIELDS = ("reason", "changed_at", "manual_reason", "manual_by", "manual_at", "manual_generation")
 
 
 def status(
@@ -31,48 +32,16 @@ def status(
         list[str] | None,
         typer.Argument(help="Breakers to show (default: every breaker of the namespace)."),
     ] = None,
-    redis_url: Annotated[
-        str,
-        typer.Option(
-            "--redis",
-            envvar="RESILIENT_REDIS",
-            show_envvar=True,
-            help="Redis URL (rediss:// for TLS).",
-        ),
-    ] = "redis://127.0.0.1:6379/0",
-    namespace: Annotated[
-        str,
-        typer.Option(envvar="RESILIENT_NAMESPACE", show_envvar=True, help="The hubs' namespace."),
-    ] = "default",
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
+    redis_url: RedisOption = "redis://127.0.0.1:6379/0",
+    namespace: NamespaceOption = "default",
+    json_out: JsonOption = False,
 ) -> None:
     """Show breaker states shared through Redis (state, window, trips, why)."""
-    import redis as redis_py
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    from resilient.stores.redis import redact_url
 
-    from resilient.stores import _lua
-    from resilient.stores.redis import redact_url, scrub, url_secrets
-
-    where, secrets = redact_url(redis_url), url_secrets(redis_url)
-    try:
-        for name in [namespace, *(names or [])]:
-            _lua.keys_for(namespace, name)
-        client = redis_py.Redis.from_url(
-            redis_url,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-        )
-    except ValueError as exc:
-        fail(EXIT_INVALID, scrub(str(exc), secrets))
-    try:
-        with client:
-            rows = read_states(client, namespace, names)
-    except (redis_py.RedisError, OSError) as exc:
-        message = scrub(f"{type(exc).__name__}: {exc}", secrets)
-        fail(EXIT_UNREACHABLE, f"Redis at {where} unreachable or refusing: {message}")
+    with redis_client(redis_url, namespace, names or []) as client:
+        rows = read_states(client, namespace, names)
+    where = redact_url(redis_url)
     if json_out:
         typer.echo(json.dumps({"namespace": namespace, "breakers": rows}))
         return
@@ -102,14 +71,16 @@ def read_states(
     for name in names:
         keys = _lua.keys_for(namespace, name)
         pipe.evalsha(sha, 2, keys.state, keys.window, "")
-        pipe.hmget(keys.state, "reason", "changed_at")
+        pipe.hmget(keys.state, *_FIELDS)
     replies = pipe.execute()
     rows = []
     for i, name in enumerate(names):
         view = _lua.parse_reply(replies[2 * i])
         if view is None:
             continue
-        reason, changed_at = replies[2 * i + 1]
+        reason, changed_at, manual_reason, manual_by, manual_at, manual_gen = replies[2 * i + 1]
+        if manual_gen != str(view.generation):  # an operator's record of an earlier state
+            manual_reason = manual_by = manual_at = None
         calls = view.calls
         rows.append(
             {
@@ -128,6 +99,9 @@ def read_states(
                 "slow_call_rate": view.slow / calls if calls else 0.0,
                 "reason": reason,
                 "changed_at": float(changed_at) if changed_at else None,
+                "manual_reason": manual_reason,
+                "manual_by": manual_by,
+                "manual_at": float(manual_at) if manual_at else None,
             }
         )
     return rows
@@ -147,7 +121,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
                 f"{r['slow_call_rate']:.0%}",
                 str(r["trips"]),
                 retry,
-                r["reason"] or "-",
+                _why(r),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
@@ -155,3 +129,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
+
+
+def _why(row: dict[str, Any]) -> str:
+    """The REASON cell: an operator's reason and who, when the state is theirs."""
+    reason = row["reason"] or "-"
+    if row.get("manual_by"):
+        return f"{reason}: {row['manual_reason'] or '(no reason given)'} ({row['manual_by']})"
+    return reason
