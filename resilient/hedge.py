@@ -287,14 +287,14 @@ async def race(
                 assert last_error is not None
                 raise last_error
     finally:
-        pending = []
-        for task in (*running, timer):
-            if task is None:
+        pending: list[asyncio.Future[Any]] = []
+        for left in (*running, timer):
+            if left is None:
                 continue
-            if not task.done():
-                pending.append(task)
-            elif not task.cancelled():
-                task.exception()  # one that ended with the winner: its error is seen, not logged
+            if not left.done():
+                pending.append(left)
+            elif not left.cancelled():
+                left.exception()  # one that ended with the winner: its error is seen, not logged
         for task in pending:
             task.cancel()
         if pending:
