@@ -66,8 +66,11 @@ def wrap_async(self: Guard, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaita
             window.counts[window.pos] += 1
             if ended >= slow.next_at:
                 self._learn(ended - now, ended)
-            if self._observers:
-                self._observe("success", ended - now)
+            if self._watched:
+                if (durations := self._durations) is not None:
+                    durations.append(ended - now)
+                if self._observers:
+                    self._observe("success", ended - now)
         else:
             self._settle(ticket, now, ended, COUNT_FAILURE if failed else COUNT_SUCCESS)
         return result
@@ -110,8 +113,11 @@ def wrap_sync(self: Guard, fn: Callable[P, R]) -> Callable[P, R]:
             window.counts[window.pos] += 1
             if ended >= slow.next_at:
                 self._learn(ended - now, ended)
-            if self._observers:
-                self._observe("success", ended - now)
+            if self._watched:
+                if (durations := self._durations) is not None:
+                    durations.append(ended - now)
+                if self._observers:
+                    self._observe("success", ended - now)
         else:
             self._settle(ticket, now, ended, COUNT_FAILURE if failed else COUNT_SUCCESS)
         return result

@@ -129,10 +129,12 @@ class CircuitBreaker(Guard):
         histogram). Without observers the success path only tests for them.
         """
         self._observers = (*self._observers, observer)
+        self._watched = True
 
     def unobserve_calls(self, observer: CallObserver) -> None:
         """Stop calling ``observer``."""
         self._observers = tuple(o for o in self._observers if o != observer)
+        self._watched = bool(self._observers) or self._durations is not None
 
     def snapshot(self) -> Snapshot:
         now = self._clock()

@@ -78,6 +78,12 @@ class Guard:
         )
         self._listeners: tuple[Listener, ...] = ()
         self._observers: tuple[CallObserver, ...] = ()
+        # Every ended call's duration, when a store asked (record_durations): the
+        # list being appended to, and the one taken out at the last take.
+        self._durations: list[float] | None = None
+        self._taken: list[float] = []
+        #: observers or durations: the one test the success path makes for both
+        self._watched = False
         self._lock = threading.Lock()  # guards the circuit; never held while user code runs
         # The circuit is this breaker's for life (the decorators hold it): never replaced.
         self._circuit = Circuit(name, config, clock(), rng=rng, wall=wall, auto_slow=auto_slow)
@@ -140,8 +146,11 @@ class Guard:
             window.counts[window.pos] += 1
             if ended >= slow.next_at:
                 self._learn(ended - started, ended)  # "auto": a sample is due
-            if self._observers:
-                self._observe("success", ended - started)
+            if self._watched:  # (one test for both, so an unwatched breaker pays one)
+                if (durations := self._durations) is not None:
+                    durations.append(ended - started)
+                if self._observers:
+                    self._observe("success", ended - started)
         else:
             self._settle(ticket, started, ended, COUNT_FAILURE if failed else COUNT_SUCCESS)
 
@@ -202,8 +211,11 @@ class Guard:
         duration, slow = ended - started, c.slow
         if verdict == COUNT_SUCCESS and ended >= slow.next_at and duration < slow.seconds:
             self._learn(duration, ended)
-        if self._observers:
-            self._observe(outcome_name(verdict, duration >= slow.seconds), duration)
+        if self._watched:
+            if (durations := self._durations) is not None:
+                durations.append(duration)
+            if self._observers:
+                self._observe(outcome_name(verdict, duration >= slow.seconds), duration)
 
     def _learn(self, duration: float, now: float) -> None:
         """Feed "auto" a healthy call that ended at ``now`` (outside the lock).
@@ -215,6 +227,30 @@ class Guard:
         if c.slow.observe(duration, now):
             with self._lock:
                 c.relearn(now)
+
+    def record_durations(self) -> None:
+        """From now on keep every ended call's duration, for ``take_durations``.
+
+        A store that shares latency histograms asks (``RedisStore``); the
+        success path then appends one float per call, nothing more.
+        """
+        if self._durations is None:
+            self._durations = []
+            self._watched = True
+
+    def take_durations(self) -> list[float]:
+        """The durations of the calls that ended before the previous take.
+
+        Double-buffered, without a lock: a take swaps in a fresh list and
+        returns the one it swapped out the time before, so a thread that was
+        appending to that one as it was swapped out has long finished. (The
+        figures so arrive one take late, never lost.)
+        """
+        current = self._durations
+        if current is None:
+            return []
+        ready, self._taken, self._durations = self._taken, current, []
+        return ready
 
     def _observe(self, outcome: str, duration: float) -> None:
         for observer in self._observers:

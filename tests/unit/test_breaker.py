@@ -778,3 +778,47 @@ def test_a_late_probe_ending_after_close_is_judged_as_an_ordinary_call() -> None
     assert br.state is State.CLOSED
     probes[2].failure()  # no longer a probe: 1 call, 1 failure in the new window
     assert br.state is State.OPEN
+
+
+# --------------------------------------------------------------------------- durations
+
+
+def test_recorded_durations_arrive_one_take_late_and_include_every_ended_call() -> None:
+    clock = Clock()
+    br = make(clock, slow_call_duration=1.0)
+
+    def taking(seconds: float, fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            clock.advance(seconds)
+            return fn()
+
+        return call
+
+    run(br, taking(0.01, ok))  # before recording: not kept
+    br.record_durations()
+    run(br, taking(0.02, ok))  # the success path
+    run(br, taking(0.03, boom))  # a failure (the settle path)
+    run(br, taking(2.0, ok))  # a slow success (the settle path)
+    assert br.take_durations() == []  # the first take swaps the list out, returns the last
+    run(br, taking(0.04, ok))
+    assert br.take_durations() == pytest.approx([0.02, 0.03, 2.0])
+    assert br.take_durations() == pytest.approx([0.04])
+    assert br.take_durations() == []
+
+
+def test_observers_and_durations_share_one_test_and_both_are_served() -> None:
+    clock = Clock()
+    br = make(clock)
+    seen: list[tuple[str, float]] = []
+
+    def observer(outcome: str, seconds: float) -> None:
+        seen.append((outcome, seconds))
+
+    br.observe_calls(observer)
+    br.record_durations()
+    br.unobserve_calls(observer)  # the durations still want the calls
+    run(br, ok)
+    br.observe_calls(observer)
+    run(br, ok)
+    br.take_durations()
+    assert br.take_durations() == [0.0, 0.0] and seen == [("success", 0.0)]
