@@ -58,6 +58,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resilient.stores import _control, _lua
+from resilient.stores._redis_url import (
+    CLUSTER_SCHEMES,
+    async_client,
+    is_cluster_url,
+    parse_cluster_url,
+    redact_cluster_url,
+    subscribed_node,
+    subscriber,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -75,7 +84,7 @@ AUTH_RETRY: Final = 5.0  # ... when it refuses our credentials (it will not chan
 LISTEN_POLL: Final = 1.0  # seconds a listener waits for a message before looking at `closing`
 SCAN_COUNT: Final = 1000
 STALE_HORIZON: Final = 10.0  # seconds: how much older (Redis clock) a late reply can be
-SCHEMES: Final = ("redis", "rediss", "unix")
+SCHEMES: Final = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 
 Client = aioredis.Redis | RedisCluster
 _Call = tuple[str, _lua.Keys, str, list[Any]]  # (breaker name, its keys, script sha, ARGV)
@@ -95,7 +104,8 @@ class RedisStore:
 
     Args:
         url_or_client: ``redis://[user:password@]host:port/db``, ``rediss://``
-            (TLS) or ``unix://``; or a ``redis.asyncio.Redis`` /
+            (TLS) or ``unix://``; ``redis+cluster://host:port,host:port``
+            (``rediss+cluster://``) for a Redis Cluster; or a ``redis.asyncio.Redis`` /
             ``redis.asyncio.cluster.RedisCluster`` client (the caller keeps
             it: ``close()`` leaves it open; give it short timeouts and no
             retries, as the store does for the clients it makes).
@@ -129,8 +139,11 @@ class RedisStore:
             self._where = redact_url(url_or_client)
             if urlsplit(url_or_client).scheme not in SCHEMES:
                 raise ValueError(
-                    f"url must start with redis://, rediss:// or unix://, got {self._where!r}"
+                    "url must start with redis://, rediss://, unix://, redis+cluster:// or "
+                    f"rediss+cluster://, got {self._where!r}"
                 )
+            if is_cluster_url(url_or_client):
+                parse_cluster_url(url_or_client)  # a bad one is named now
             self._secrets = url_secrets(url_or_client, client_options)
             self._url: str | None = url_or_client
             self._client: Client | None = None
@@ -186,7 +199,7 @@ class RedisStore:
         self._closing = False
         if self._client is None:
             assert self._url is not None
-            self._client = aioredis.Redis.from_url(
+            self._client = async_client(  # a RedisCluster for +cluster
                 self._url,
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
@@ -491,22 +504,29 @@ class RedisStore:
         pubsub: PubSub | None = None
         pattern = _lua.channel_pattern(self._ns)
         began = self._recoveries  # the recovery the subscription (or attempt) began after
+        failed_on: str | None = None  # the cluster node the last subscription failed on
         try:
             while not self._closing:
                 try:
                     if pubsub is None:
                         began = self._recoveries
-                        pubsub = client.pubsub(ignore_subscribe_messages=True)
+                        pubsub = subscriber(client, avoid=failed_on)
                         await pubsub.psubscribe(pattern)
                         self._refresh.update(self._breakers)  # what we missed meanwhile
                         self._request_flush()
                     message = await pubsub.get_message(timeout=LISTEN_POLL)
                 except Exception as exc:  # whatever it is, callers must not see it
+                    failed_on = subscribed_node(pubsub)
                     await _close_pubsub(pubsub)
                     pubsub = None
                     if began != self._recoveries:
                         # Begun before the store came back: a leftover of that
                         # outage, noticed late, not a new one. Subscribe again.
+                        continue
+                    if failed_on is not None:
+                        # One cluster node lost is no outage (the flush says when
+                        # the cluster is away): listen on another node at once.
+                        await asyncio.sleep(self.sync_interval)
                         continue
                     self._went_down(exc)
                     await asyncio.sleep(RETRY_MAX)
@@ -622,6 +642,8 @@ def _text(value: object) -> str:
 
 def redact_url(url: str) -> str:
     """``url`` with its user info and query (where passwords hide) left out."""
+    if is_cluster_url(url):
+        return redact_cluster_url(url)
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:

@@ -1,0 +1,269 @@
+"""RedisStore over a real Redis Cluster (3 masters, 3 replicas), a master killed under load.
+
+The cluster is ``resilient.testing.RedisCluster``: real ``redis-server``
+processes joined by ``redis-cli --cluster create``, with a 1 s
+``cluster-node-timeout``, no persistence. Hubs in this process each have their
+own store and connections, as the processes of a fleet would. Waits are
+bounded polls; the bounds are generous for a loaded CI box, the measured
+figures (promotion, fleet view back) are in docs/benchmarks.md
+(``python -m bench.redis_cluster``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from resilient import CircuitBreaker, CircuitOpenError, Hub, State
+from resilient.errors import ConfigError
+from resilient.stores import _lua
+from resilient.stores.redis import RedisStore
+from resilient.testing.clusters import RedisCluster
+
+pytestmark = [pytest.mark.cluster]
+
+CONFIG = {"minimum_calls": 4, "open_duration": 30.0, "window_size": 5, "buckets": 5}
+NAMES = [f"dep{i}" for i in range(24)]
+BOUND = 5.0  # seconds for anything that takes milliseconds when the box is idle
+PROMOTION_BOUND = 15.0  # seconds from the kill to the replica's promotion (measured: ~2.5 s)
+BACK_BOUND = 3.0  # seconds from the promotion to every breaker's fleet view (target: 1 s)
+
+
+class Boom(OSError):
+    pass
+
+
+def ok() -> str:
+    return "ok"
+
+
+def fail() -> str:
+    raise Boom("down")
+
+
+async def until(check: Callable[[], bool], bound: float = BOUND) -> float:
+    """Poll ``check`` until true; the seconds it took (fails the test past ``bound``)."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > bound:
+            raise AssertionError(f"not true within {bound} s")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+def slot(namespace: str, name: str) -> int:
+    return int(key_slot(_lua.keys_for(namespace, name).state.encode()))
+
+
+@pytest.fixture
+async def hubs(redis_cluster_session: RedisCluster) -> AsyncIterator[Callable[..., Any]]:
+    """Started hubs on the session's cluster, a fresh namespace per test; closed after."""
+    made: list[Hub] = []
+    namespace = f"c{time.monotonic_ns()}"
+
+    async def make(url: str | None = None) -> Hub:
+        hub = Hub(namespace, store=RedisStore(url or redis_cluster_session.url), defaults=CONFIG)
+        await hub.start()
+        made.append(hub)
+        return hub
+
+    yield make
+    for hub in made:
+        await hub.close()
+
+
+# ------------------------------------------------------------------ the fixture itself
+
+
+def test_the_cluster_is_real_fails_over_and_takes_a_node_back(redis_cluster: RedisCluster) -> None:
+    masters = redis_cluster.masters()
+    assert len(redis_cluster.nodes) == 6 and len(masters) == 3
+    owner = redis_cluster.owner("some-key")
+    assert len(owner.replicas) == 1 and owner.master in masters
+    with redis_cluster.client() as client:
+        client.set("some-key", b"v")
+    time.sleep(0.2)  # replication is asynchronous: give the write time to reach the replica
+    killed = time.monotonic()
+    redis_cluster.kill(owner.master)
+    assert owner.master.pid is None
+    promoted = redis_cluster.wait_promoted(owner.master, timeout=PROMOTION_BOUND)
+    assert promoted - killed < PROMOTION_BOUND
+    assert redis_cluster.owner("some-key").master is owner.replicas[0]
+    with redis_cluster.client() as client:
+        assert client.get("some-key") == b"v"  # the replica had it
+    redis_cluster.restart(owner.master)  # back as the new master's replica
+    assert redis_cluster.owner("some-key").replicas == (owner.master,)
+    replica = owner.master
+    redis_cluster.pause(replica)
+    assert replica.paused and replica.pid is not None
+    with redis_cluster.client() as client:
+        client.set("some-key", b"w")  # a paused replica stops no write
+    redis_cluster.resume(replica)
+    redis_cluster.wait_ok()
+
+
+# ------------------------------------------------------------------ URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis+cluster://", "no host:port"),
+        ("redis+cluster://127.0.0.1:0", "bad port '0'"),
+        ("redis+cluster://127.0.0.1:7000,127.0.0.1:x", "bad port 'x'"),
+        ("redis+cluster://:pw@127.0.0.1:7000/2", "only database 0"),
+        ("redis+cluster://::1:7000", "IPv6"),
+        ("redis+cluster://127.0.0.1:7000?socket_timeout=soon", "bad option"),
+        ("redis+clusters://127.0.0.1:7000", "redis+cluster://"),
+    ],
+)
+def test_a_bad_cluster_url_is_named_before_anything_connects(url: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)) as caught:
+        RedisStore(url)
+    assert "pw" not in str(caught.value)
+    if url.startswith("redis+cluster://"):
+        assert isinstance(caught.value, ConfigError)
+
+
+def test_cluster_urls_keep_their_password_out_of_reprs() -> None:
+    store = RedisStore("rediss+cluster://user:s3cret@10.0.0.1:7000,10.0.0.2/0")
+    assert "s3cret" not in repr(store)
+    assert "rediss+cluster://***@10.0.0.1:7000,10.0.0.2" in repr(store)
+
+
+# ------------------------------------------------------------------ breakers over the cluster
+
+
+async def test_breakers_spread_over_the_slots_and_share_state(
+    hubs: Callable[..., Any], redis_cluster_session: RedisCluster
+) -> None:
+    a, b = await hubs(), await hubs()
+    namespace = a.namespace
+    masters = {redis_cluster_session.owner(_lua.keys_for(namespace, n).state).master for n in NAMES}
+    assert len(masters) == 3  # the hash tag spreads breakers over every master
+    for name in NAMES:
+        keys = _lua.keys_for(namespace, name)
+        assert key_slot(keys.state.encode()) == key_slot(keys.window.encode())  # one slot each
+    ba = {n: a.breaker(n) for n in NAMES}
+    bb = {n: b.breaker(n) for n in NAMES}
+    for name in NAMES:
+        for _ in range(CONFIG["minimum_calls"]):
+            with pytest.raises(Boom):
+                ba[name](fail)()
+    # Every script ran on its slot's master (a CROSSSLOT error would leave it local),
+    # and the trips reached the other hub, wherever its listener is subscribed.
+    await until(lambda: all(bb[n].state is State.OPEN for n in NAMES))
+    assert all(not br.snapshot().degraded for br in (*ba.values(), *bb.values()))
+    with redis_cluster_session.client(decode_responses=True) as client:
+        states = {n: client.hget(_lua.keys_for(namespace, n).state, "state") for n in NAMES}
+    assert set(states.values()) == {"open"}
+
+
+async def test_a_hub_started_later_loads_every_shard(
+    hubs: Callable[..., Any], redis_cluster_session: RedisCluster
+) -> None:
+    a = await hubs()
+    for name in NAMES:
+        a.breaker(name).force_open()
+    with redis_cluster_session.client(decode_responses=True) as client:
+
+        def written() -> bool:
+            keys = [_lua.keys_for(a.namespace, n).state for n in NAMES]
+            return all(client.hget(k, "state") == "forced_open" for k in keys)
+
+        await until(written)
+    # One startup node is enough: the client learns the rest from it.
+    b = await hubs(f"redis+cluster://{redis_cluster_session.nodes[-1].address}")
+    assert all(b.breaker(n).state is State.FORCED_OPEN for n in NAMES)  # SCAN over every master
+
+
+# ------------------------------------------------------------------ a master lost under load
+
+
+@pytest.fixture(params=[True, False], ids=["full-coverage", "partial-coverage"])
+def failover_cluster(request: pytest.FixtureRequest) -> Iterator[RedisCluster]:
+    """A fresh cluster with Redis's default ``cluster-require-full-coverage``, and without."""
+    with RedisCluster(full_coverage=request.param) as cluster:
+        yield cluster
+
+
+async def test_a_master_killed_under_load_costs_callers_nothing(
+    failover_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_cluster = failover_cluster
+    caplog.set_level(logging.WARNING, logger="resilient.redis")
+    namespace = "failover"
+    a = Hub(namespace, store=RedisStore(redis_cluster.url), defaults=CONFIG)
+    b = Hub(namespace, store=RedisStore(redis_cluster.url), defaults=CONFIG)
+    victim = redis_cluster.owner(_lua.keys_for(namespace, "dep0").state).master
+    owners = {n: redis_cluster.owner(_lua.keys_for(namespace, n).state).master for n in NAMES}
+    lost = [n for n in NAMES if owners[n] is victim]
+    kept = [n for n in NAMES if owners[n] is not victim]
+    assert lost and kept
+    # With Redis's default cluster-require-full-coverage the other masters answer
+    # CLUSTERDOWN too between the master's FAIL and the promotion, so every breaker
+    # may run on local state for that gap; without it, the other shards never leave.
+    partial = not redis_cluster.full_coverage
+    async with a, b:
+        ba = {n: a.breaker(n) for n in NAMES}
+        bb = {n: b.breaker(n) for n in NAMES}
+        ba["dep0"].force_open()  # an operator's state on the master about to die
+        await until(lambda: bb["dep0"].state is State.FORCED_OPEN)
+        errors: list[BaseException] = []
+        stop = asyncio.Event()
+
+        async def load(br: CircuitBreaker) -> None:
+            while not stop.is_set():
+                try:
+                    br(ok)()
+                except CircuitOpenError:
+                    pass
+                except BaseException as exc:  # anything else is a caller error
+                    errors.append(exc)
+                await asyncio.sleep(0.002)
+
+        left: set[str] = set()  # breakers of the surviving shards that ran on local state
+
+        async def watch() -> None:
+            while not stop.is_set():
+                left.update(n for br in (ba, bb) for n in kept if br[n].snapshot().degraded)
+                await asyncio.sleep(0.005)
+
+        tasks = [asyncio.create_task(load(br)) for br in (*ba.values(), *bb.values())]
+        tasks.append(asyncio.create_task(watch()))
+        await asyncio.sleep(0.5)  # load runs, and the forced state reaches the replica
+        killed = time.monotonic()
+        redis_cluster.kill(victim)
+        await until(lambda: any(ba[n].snapshot().degraded for n in lost), bound=BOUND)
+        promoted = await asyncio.to_thread(
+            redis_cluster.wait_promoted, victim, timeout=PROMOTION_BOUND
+        )
+        await until(
+            lambda: not any(br[n].snapshot().degraded for br in (ba, bb) for n in NAMES),
+            bound=BACK_BOUND,
+        )
+        back = time.monotonic() - promoted
+        assert back < BACK_BOUND
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert errors == []
+        if partial:
+            assert left == set()  # one master lost is not an outage of the others
+        print(f"promotion {promoted - killed:.2f} s after the kill; fleet view back {back:.2f} s")
+        # No manual state lost: Redis (the promoted replica) and both hubs still have it.
+        assert ba["dep0"].state is State.FORCED_OPEN and bb["dep0"].state is State.FORCED_OPEN
+        with redis_cluster.client(decode_responses=True) as client:
+            assert client.hget(_lua.keys_for(namespace, "dep0").state, "state") == "forced_open"
+        # Transitions still travel, on the new master's slots too.
+        for name in lost[-1:] + kept[:1]:
+            ba[name].force_open()
+            await until(lambda name=name: bb[name].state is State.FORCED_OPEN)
+            bb[name].reset()
+            await until(lambda name=name: ba[name].state is State.CLOSED)
