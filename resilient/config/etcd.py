@@ -20,6 +20,14 @@ stays equal to etcd's, revision by revision, whatever etcd does.
   guarded by the read it diffed against: any key created, changed or
   deleted under the prefix in between fails the guard (``PushConflict``) and
   nothing is written. Concurrent pushes are refused, never merged.
+- With several endpoints (a cluster), the watch moves to the next member
+  when its member dies; a member that loses its leader keeps the watch open
+  and resumes once a new leader is elected. A read or a push whose member is
+  down or between leaders is sent again to the next member, for up to
+  ``timeout`` seconds. A push's write keeps the guard of its first read, so
+  a failover never lets it write over a change made since; a write whose
+  answer was lost and that was applied shows as the prefix already equal to
+  the document, and counts as done.
 
 Runs in one event loop. Secrets (the password, auth tokens) never appear in
 ``repr()`` or in log lines.
@@ -38,7 +46,7 @@ import os
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from resilient.config._etcd_client import (
     AetcdClient,
@@ -62,6 +70,12 @@ __all__ = ["EtcdError", "EtcdSource", "PushConflict", "PushResult", "Snapshot"]
 log = logging.getLogger("resilient.config")
 
 ClientFactory = Callable[[Connection, Endpoint], EtcdClient]
+_T = TypeVar("_T")
+# What a member says when it is down or between leaders ("etcdserver: no leader",
+# "leader changed", "request timed out" are all UNAVAILABLE); None: no gRPC status
+# at all (the socket). Anything else (auth, a bad request) is the same on every member.
+_FAILOVER = frozenset({None, "UNAVAILABLE", "DEADLINE_EXCEEDED"})
+FAILOVER_PAUSE = 0.1  # seconds between rounds over the members, doubled up to 1 s
 
 
 class PushConflict(ResilientError):
@@ -390,13 +404,50 @@ class EtcdSource:
     # -- what the CLI (and scripts) do --------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[EtcdClient]:
-        client = self._factory(self._conn, self._conn.endpoints[0])
+    async def _session(self, endpoint: Endpoint | None = None) -> AsyncIterator[EtcdClient]:
+        client = self._factory(self._conn, endpoint or self._conn.endpoints[0])
         try:
             yield client
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
+
+    async def _on_a_member(self, work: Callable[[EtcdClient], Awaitable[_T]]) -> _T:
+        """``work`` on one member's client; again on the next while members fail over.
+
+        One endpoint: one attempt. Several: member after member, each given
+        a share of ``timeout`` (a member killed under an open channel can
+        leave a request waiting rather than refused), rounds apart by a
+        growing pause, until one answers or ``timeout`` has passed (then the
+        last member's error is raised).
+        """
+        endpoints = self._conn.endpoints
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._conn.timeout
+        share = self._conn.timeout / len(endpoints)
+        pause = FAILOVER_PAUSE
+        attempt = 0
+        while True:
+            endpoint = endpoints[attempt % len(endpoints)]
+            try:
+                async with self._session(endpoint) as client:
+                    if len(endpoints) == 1:
+                        return await work(client)
+                    try:
+                        async with asyncio.timeout(share):
+                            return await work(client)
+                    except TimeoutError:
+                        raise EtcdError(
+                            f"no answer within {share:.1f} s", code="DEADLINE_EXCEEDED"
+                        ) from None
+            except EtcdError as exc:
+                if len(endpoints) == 1 or exc.code not in _FAILOVER or loop.time() >= until:
+                    raise
+                log.info("resilient: etcd %s failed (%s); trying the next member", endpoint, exc)
+            attempt += 1
+            if attempt % len(endpoints) == 0:
+                await self._sleep(min(pause, max(0.0, until - loop.time())))
+                pause = min(pause * 2, 1.0)
 
     async def snapshot(self) -> Snapshot:
         """Read the prefix once: the document it holds, and what does not fit it.
@@ -404,8 +455,7 @@ class EtcdSource:
         Raises:
             EtcdError: etcd could not be reached or refused the read.
         """
-        async with self._session() as client:
-            got = await client.get_prefix(self._dir)
+        got = await self._on_a_member(lambda client: client.get_prefix(self._dir))
         return self._snapshot(got.revision, {kv.key[len(self._dir) :]: kv.value for kv in got.kvs})
 
     def _snapshot(self, revision: int, raw: dict[str, bytes]) -> Snapshot:
@@ -435,15 +485,32 @@ class EtcdSource:
         from resilient.config.document import diff
 
         desired = document.to_keys()
-        async with self._session() as client:
-            current = await client.get_prefix(self._dir)
-            raw = {kv.key[len(self._dir) :]: kv.value for kv in current.kvs}
-            changes = tuple(diff(raw, desired))
-            if dry_run or not changes:
-                return PushResult(changes, current.revision, None)
-            puts = {self._dir + c.key: desired[c.key] for c in changes if c.new is not None}
-            deletes = [self._dir + c.key for c in changes if c.new is None]
-            written = await client.commit(self._dir, puts, deletes, guard=current)
+        current = await self._on_a_member(lambda client: client.get_prefix(self._dir))
+        raw = {kv.key[len(self._dir) :]: kv.value for kv in current.kvs}
+        changes = tuple(diff(raw, desired))
+        if dry_run or not changes:
+            return PushResult(changes, current.revision, None)
+        puts = {self._dir + c.key: desired[c.key] for c in changes if c.new is not None}
+        deletes = [self._dir + c.key for c in changes if c.new is None]
+        tries = 0
+
+        async def write(client: EtcdClient) -> int | None:
+            nonlocal tries
+            tries += 1
+            return await client.commit(self._dir, puts, deletes, guard=current)
+
+        # Again on the next member if this one fails, always with the guard of
+        # the first read: a change made since by anyone is never written over.
+        written = await self._on_a_member(write)
+        if written is None and tries > 1:
+            # An earlier try may have been applied with its answer lost: the
+            # guard then fails on our own write. The prefix equal to the
+            # document says so (or that someone pushed the same): done.
+            after = await self._on_a_member(lambda client: client.get_prefix(self._dir))
+            now = {kv.key[len(self._dir) :]: kv.value for kv in after.kvs}
+            if not tuple(diff(now, desired)):
+                mine = [kv.mod_revision for kv in after.kvs if kv.key in puts]
+                return PushResult(changes, current.revision, max(mine, default=after.revision))
         if written is None:
             raise PushConflict(self._prefix, current.revision)
         return PushResult(changes, current.revision, written)
