@@ -405,14 +405,20 @@ async def control(
 def connect(redis_url: str, timeout: float = TIMEOUT) -> redis.Redis:
     """A synchronous client for a command: short timeouts, no retries, text replies.
 
+    A ``redis+cluster://`` URL gives a ``redis.RedisCluster``: typed as
+    ``redis.Redis`` here because the commands use only what both answer alike
+    (SCAN over every master, SCRIPT LOAD on every master, EVALSHA and HMGET
+    routed by slot, non-transactional pipelines, one stream key).
+
     Raises:
-        ValueError: a bad URL.
+        ValueError: a bad URL (``ConfigError`` for a bad cluster URL).
     """
-    import redis as redis_py
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client: redis.Redis = redis_py.Redis.from_url(
+    from resilient.stores._redis_url import sync_client
+
+    client: redis.Redis = sync_client(  # type: ignore[assignment]
         redis_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

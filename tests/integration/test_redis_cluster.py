@@ -12,6 +12,7 @@ figures (promotion, fleet view back) are in docs/benchmarks.md
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -267,3 +268,35 @@ async def test_a_master_killed_under_load_costs_callers_nothing(
             await until(lambda name=name: bb[name].state is State.FORCED_OPEN)
             bb[name].reset()
             await until(lambda name=name: ba[name].state is State.CLOSED)
+
+
+# ------------------------------------------------------------------ the command line
+
+
+async def test_status_reads_the_cluster_from_redis_and_resilient_redis(
+    hubs: Callable[..., Any],
+    redis_cluster_session: RedisCluster,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from resilient.cli import main as cli_main
+
+    a = await hubs()
+    for name in NAMES:
+        a.breaker(name).force_open()
+    with redis_cluster_session.client(decode_responses=True) as client:
+        keys = [_lua.keys_for(a.namespace, n).state for n in NAMES]
+        await until(lambda: all(client.hget(k, "state") == "forced_open" for k in keys))
+    url = redis_cluster_session.url
+    args = ["status", "--namespace", a.namespace, "--json"]
+    assert await asyncio.to_thread(cli_main, [*args, "--redis", url]) == 0
+    rows = json.loads(capsys.readouterr().out)["breakers"]
+    assert sorted(r["name"] for r in rows) == sorted(NAMES)  # every master scanned
+    assert {r["state"] for r in rows} == {"forced_open"}
+    monkeypatch.setenv("RESILIENT_REDIS", url)
+    assert await asyncio.to_thread(cli_main, args) == 0
+    assert len(json.loads(capsys.readouterr().out)["breakers"]) == len(NAMES)
+    bad = "redis+cluster://:s3cret@127.0.0.1:99999"
+    assert await asyncio.to_thread(cli_main, [*args, "--redis", bad]) == 1
+    err = capsys.readouterr().err
+    assert "bad port '99999'" in err and "s3cret" not in err
