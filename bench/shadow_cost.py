@@ -31,7 +31,12 @@ unshadowed function in the same run:
    reporter's thread, which shares the GIL and the 2 CPUs with the loop).
    Open loop at ``--rate`` calls/s; each call's latency is timed from the
    moment it was due (so a loop delayed by the shadow's work counts) to its
-   end. Rounds alternate unshadowed and shadowed phases of ``--seconds``
+   end. Each call runs in a trace of its own (a current OpenTelemetry span
+   context with a seeded random trace id), as a call inside a request
+   would, so the draw is the trace id's hash, and the calls the shadow drew
+   are known: their P50 and P99, and their share of the slowest 1% of the
+   shadowed calls, say whether the mirrored calls themselves make the tail.
+   Rounds alternate unshadowed and shadowed phases of ``--seconds``
    (ABBA order) in the same event loop and the same aiohttp session; after
    every phase comes an idle gap of 1.2 s in which the shadow is flushed
    (the hung candidates are cut at their 1 s timeout and recorded), so an
@@ -51,6 +56,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import re
 import shutil
 import statistics
@@ -64,13 +70,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from opentelemetry import context as otel_context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from resilient.demo import AsyncUpstreamProcess
+from resilient.gray import bucket
 from resilient.shadow import JsonlSink, Shadow
 
 COLLECTED = re.compile(r"Collected : (\d+)")
 #: Seconds an upstream answer takes (the realistic primary).
 LATENCY = 0.001
+#: The share mirrored in part 2.
+SAMPLE = 0.1
 #: Seconds between two phases: the candidate's timeout (1 s) and a margin.
 GAP = 1.2
 
@@ -171,19 +182,33 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
-async def phase(fn: Callable[[int], Awaitable[object]], seconds: float, rate: float) -> list[float]:
-    """Call ``fn`` open loop at ``rate`` for ``seconds``; each call's time from when it was due."""
+async def phase(
+    fn: Callable[[int], Awaitable[object]], seconds: float, rate: float, seed: int
+) -> tuple[list[float], list[bool]]:
+    """Call ``fn`` open loop at ``rate`` for ``seconds``, each call in a trace of its own.
+
+    Returns each call's time from when it was due, and whether its trace id
+    is one a ``sample=0.1`` shadow mirrors (the same trace ids, so the same
+    draws, for the same ``seed``).
+    """
     loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
     latencies: list[float] = []
+    drawn: list[bool] = []
     failures = 0
 
-    async def one(i: int, due: float) -> None:
+    async def one(i: int, due: float, trace_id: int) -> None:
         nonlocal failures
+        span = NonRecordingSpan(SpanContext(trace_id, 1, is_remote=True, trace_flags=TraceFlags(1)))
+        token = otel_context.attach(set_span_in_context(span))
         try:
             await fn(i)
         except Exception:
             failures += 1
+        finally:
+            otel_context.detach(token)
         latencies.append(loop.time() - due)
+        drawn.append(bucket(f"{trace_id:032x}") < SAMPLE * 10_000)
 
     tasks: set[asyncio.Task[None]] = set()
     origin = loop.time() + 0.02
@@ -192,20 +217,21 @@ async def phase(fn: Callable[[int], Awaitable[object]], seconds: float, rate: fl
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = loop.create_task(one(i, due))
+        task = loop.create_task(one(i, due, rng.getrandbits(128) or 1))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks, timeout=5.0)
     if failures:
         raise RuntimeError(f"{failures} primary calls failed: the comparison would be void")
-    return latencies
+    return latencies, drawn
 
 
 async def hung_candidate(
     rounds: int, seconds: float, rate: float, primary_kind: str, records: Path
-) -> tuple[dict[str, list[float]], list[dict[str, float]], dict[str, int]]:
-    """Alternating phases; every latency per variant, each round's P99s, the shadow's outcomes."""
+) -> tuple[dict[str, list[float]], list[bool], list[dict[str, float]], dict[str, int]]:
+    """Alternating phases: every latency per variant, which shadowed calls were drawn,
+    each round's P99s, the shadow's outcomes."""
     async with AsyncUpstreamProcess(seed=1) as upstream, aiohttp.ClientSession() as session:
         await upstream.apply({"latency": LATENCY})
         url = f"{upstream.url}/primary"
@@ -219,17 +245,20 @@ async def hung_candidate(
             return i
 
         primary = http_primary if primary_kind == "http" else sleep_primary
-        shadow = Shadow("bench-hung", hang, sample=0.1, sink=JsonlSink(records))
+        shadow = Shadow("bench-hung", hang, sample=SAMPLE, sink=JsonlSink(records))
         variants = {"unshadowed": primary, "shadowed": shadow(primary)}
         pooled: dict[str, list[float]] = {name: [] for name in variants}
+        mirrored: list[bool] = []  # of the shadowed calls, in pooled["shadowed"]'s order
         per_round: list[dict[str, float]] = []
-        await phase(primary, 1.0, rate)  # warm the connections and the upstream
+        await phase(primary, 1.0, rate, -1)  # warm the connections and the upstream
         for r in range(rounds):
             order = list(variants) if r % 2 == 0 else list(reversed(variants))
             this_round: dict[str, float] = {}
             for name in order:
-                latencies = await phase(variants[name], seconds, rate)
+                latencies, drawn = await phase(variants[name], seconds, rate, r)
                 pooled[name].extend(latencies)
+                if name == "shadowed":
+                    mirrored.extend(drawn)
                 this_round[name] = percentile(latencies, 0.99)
                 # The same idle gap after either variant: the hung candidates are cut at
                 # their timeout and recorded within it, and each phase starts rested.
@@ -238,7 +267,7 @@ async def hung_candidate(
                     raise RuntimeError("the shadow did not flush in 10 s")
                 await asyncio.sleep(max(0.0, gap_ends - time.monotonic()))
             per_round.append(this_round)
-        return pooled, per_round, dict(shadow.counts)
+        return pooled, mirrored, per_round, dict(shadow.counts)
 
 
 # ---------------------------------------------------------------------- main
@@ -290,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as scratch:
         records = Path(scratch) / "shadow.jsonl"
-        pooled, per_round, counts = asyncio.run(
+        pooled, mirrored, per_round, counts = asyncio.run(
             hung_candidate(args.rounds, args.seconds, args.rate, args.primary, records)
         )
         lines = [json.loads(line) for line in records.read_text().splitlines()]
@@ -300,6 +329,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"  {name:<10} P50 {p50:6.2f} ms  P99 {p99:6.2f} ms  P999 {p999:6.2f} ms  "
             f"({len(latencies)} calls)"
+        )
+    in_shadow = pooled["shadowed"]
+    slowest = percentile(in_shadow, 0.99)
+    for label, pick in (("drawn", True), ("not drawn", False)):
+        calls = [t for t, d in zip(in_shadow, mirrored, strict=True) if d is pick]
+        tail = sum(t >= slowest for t in calls)
+        p50, p99 = (percentile(calls, q) * 1e3 for q in (0.5, 0.99))
+        print(
+            f"    shadowed, {label:<9}: {len(calls):5d} calls, P50 {p50:5.2f} ms, "
+            f"P99 {p99:5.2f} ms; {tail} of the slowest 1%"
         )
     ratios = [r["shadowed"] / r["unshadowed"] for r in per_round]
     print(f"  P99 shadowed/unshadowed per round: {'  '.join(f'{x:.2f}' for x in ratios)}")
