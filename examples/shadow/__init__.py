@@ -1,6 +1,6 @@
 """Shadow a candidate service behind a Starlette front, then let ``resilient reconcile`` judge it.
 
-    python -m examples.shadow            # about 10 s; prints the report, exits as the gate says
+    python -m examples.shadow            # about 5 s; prints the report, exits as the gate says
 
 Three processes on free loopback ports (``run.py`` starts and stops them):
 
