@@ -212,10 +212,8 @@ def test_a_thousand_breakers_stay_usable(browser: Any, fleet: Any) -> None:
 def test_a_control_click_with_the_token_forces_the_fleet_open(
     browser: Any, fleet: Any, redis_server_session: RedisServer
 ) -> None:
-    import asyncio
     import importlib
 
-    import redis.asyncio as aioredis
     from selenium.webdriver.common.by import By
 
     try:
@@ -254,14 +252,8 @@ def test_a_control_click_with_the_token_forces_the_fleet_open(
     row = browser.find_element(By.CSS_SELECTOR, '#breakers tr[data-name="payments"]')
     until("the reason shown", lambda: "INC-42 payments down" in row.text)
 
-    async def entries() -> list[Any]:
-        client = aioredis.Redis.from_url(redis_server_session.url)
-        try:
-            return list(await audit(client, a.namespace))
-        finally:
-            await client.aclose()
-
-    last = asyncio.run(entries())[0].to_dict()
+    with redis_server_session.client(decode_responses=True) as client:
+        last = audit(client, a.namespace)[-1].to_dict()  # (oldest first)
     assert last["breaker"] == "payments" and last["action"] == "force-open"
     assert last["reason"] == "INC-42 payments down" and last["actor"].startswith("dashboard@")
     assert "done" in click(TOKEN, "reset", "fixed")
