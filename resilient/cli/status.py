@@ -21,6 +21,8 @@ from resilient.cli._redis import JsonOption, NamespaceOption, RedisOption, redis
 if TYPE_CHECKING:
     import redis
 
+    from resilient.sketch import LatencySketch
+
 __all__ = ["read_states", "status"]
 
 # The state hash's fields a row shows beside the view (docs/formats.md).
@@ -67,18 +69,21 @@ def read_states(
     if not names:
         return []
     sha = client.script_load(_lua.READ)
+    seconds, micros = client.time()  # the clock the latency fields were written by
     pipe = client.pipeline(transaction=False)
     for name in names:
         keys = _lua.keys_for(namespace, name)
         pipe.evalsha(sha, 2, keys.state, keys.window, "")
         pipe.hmget(keys.state, *_FIELDS)
+        pipe.hgetall(keys.latency)
     replies = pipe.execute()
     rows = []
     for i, name in enumerate(names):
-        view = _lua.parse_reply(replies[2 * i])
+        view = _lua.parse_reply(replies[3 * i])
         if view is None:
             continue
-        reason, changed_at, manual_reason, manual_by, manual_at, manual_gen = replies[2 * i + 1]
+        reason, changed_at, manual_reason, manual_by, manual_at, manual_gen = replies[3 * i + 1]
+        sketch = _lua.fleet_latency(replies[3 * i + 2], seconds + micros / 1e6)
         if manual_gen != str(view.generation):  # an operator's record of an earlier state
             manual_reason = manual_by = manual_at = None
         calls = view.calls
@@ -102,13 +107,29 @@ def read_states(
                 "manual_reason": manual_reason,
                 "manual_by": manual_by,
                 "manual_at": float(manual_at) if manual_at else None,
+                **_percentiles(sketch),
             }
         )
     return rows
 
 
+def _percentiles(sketch: LatencySketch) -> dict[str, float | None]:
+    """The fleet's P50/P99/P999 (seconds) over the latency span, and the calls they cover."""
+    if not sketch.count:
+        return {"latency_calls": 0, "p50": None, "p99": None, "p999": None}
+    return {
+        "latency_calls": sketch.count,
+        "p50": sketch.quantile(0.5),
+        "p99": sketch.quantile(0.99),
+        "p999": sketch.quantile(0.999),
+    }
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = ("NAME", "STATE", "CALLS", "FAIL%", "SLOW%", "TRIPS", "RETRY-AFTER", "REASON")
+    head = (
+        "NAME", "STATE", "CALLS", "FAIL%", "SLOW%", "P50", "P99", "P999", "TRIPS",
+        "RETRY-AFTER", "REASON",
+    )  # fmt: skip
     lines = [head]
     for r in rows:
         retry = "-" if r["retry_after"] is None else f"{r['retry_after']:.1f}s"
@@ -119,6 +140,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
                 str(r["calls"]),
                 f"{r['failure_rate']:.0%}",
                 f"{r['slow_call_rate']:.0%}",
+                *(_ms(r.get(q)) for q in ("p50", "p99", "p999")),
                 str(r["trips"]),
                 retry,
                 _why(r),
@@ -129,6 +151,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.3g}ms" if seconds < 1.0 else f"{seconds:.3g}s"
 
 
 def _why(row: dict[str, Any]) -> str:

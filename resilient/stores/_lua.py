@@ -35,11 +35,14 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from resilient.config import BreakerConfig
     from resilient.fleet import FleetView, Outbox
+    from resilient.sketch import LatencySketch
 
 __all__ = [
     "FLUSH",
     "FLUSH_SHA",
     "KINDS",
+    "LATENCY",
+    "LATENCY_SHA",
     "READ",
     "READ_SHA",
     "STATES",
@@ -60,8 +63,16 @@ PREFIX: Final = "resilient"
 TTL_MARGIN: Final = 60.0  # seconds beyond twice the longest span a key must live
 LEASE_MARGIN: Final = 1.0  # seconds a probe may run past its slow limit before its token is lost
 REASON_MAX: Final = 200  # characters of a trip reason kept in Redis
+#: Latency histograms: seconds per bucket of the latency hash, and buckets kept
+#: (the fleet percentiles are over the last LATENCY_WIDTH * LATENCY_BUCKETS s).
+LATENCY_WIDTH: Final = 1.0
+LATENCY_BUCKETS: Final = 60
+#: A latency hash lives this long after its last write (ms): twice its span and more.
+LATENCY_TTL_MS: Final = math.ceil((2.0 * LATENCY_WIDTH * LATENCY_BUCKETS + 60.0) * 1000.0)
 
 _NAME = re.compile(r"[A-Za-z0-9._:/-]{1,200}")
+_LATENCY_FIELD = re.compile(r"(-?[0-9]{1,12}):(-?[0-9]{1,11})")
+_DIGITS = re.compile(r"[0-9]{1,15}")
 
 # ------------------------------------------------------------------ keys
 
@@ -73,12 +84,13 @@ class Keys:
     a script touching several keys requires.
     """
 
-    __slots__ = ("channel", "state", "window")
+    __slots__ = ("channel", "latency", "state", "window")
 
     def __init__(self, namespace: str, name: str) -> None:
         tag = f"{PREFIX}:{{{namespace}:{name}}}"
         self.state = f"{tag}:state"
         self.window = f"{tag}:window"
+        self.latency = f"{tag}:latency"
         self.channel = f"{tag}:events"
 
 
@@ -112,8 +124,13 @@ def name_from_key(namespace: str, key: str, suffix: str) -> str | None:
 
 # ------------------------------------------------------------------ scripts
 
-# Shared by both scripts: the clock and number formatting.
-_PRELUDE = r"""
+# Shared by the scripts: the clock, number formatting, window sums, latency.
+_PRELUDE = (
+    (
+        f"local LATENCY_WIDTH, LATENCY_BUCKETS = {LATENCY_WIDTH!r}, {LATENCY_BUCKETS!r}\n"
+        f"local LATENCY_TTL = {LATENCY_TTL_MS!r}\n"
+    )
+    + r"""
 local function fmt(x) return string.format('%.6f', x) end
 local now
 if ARGV[1] ~= '' then
@@ -148,13 +165,37 @@ local function totals(wkey, width, nbuckets, drop)
   end
   return calls, failures, slow
 end
+
+-- Latency: a process's sketch counts ("bucket:count,...") since it last sent,
+-- into this second's fields ("<second>:<bucket>"); once a second, the fields
+-- older than the span go.
+local function add_latency(lkey, counts, ttl)
+  if counts == '' then return end
+  local sec = math.floor(now / LATENCY_WIDTH)
+  local prefix = string.format('%.0f', sec) .. ':'
+  for index, count in string.gmatch(counts, '(-?%d+):(%d+)') do
+    redis.call('HINCRBY', lkey, prefix .. index, count)
+  end
+  if tonumber(redis.call('HGET', lkey, 'second')) ~= sec then
+    local fields = redis.call('HKEYS', lkey)
+    for j = 1, #fields do
+      local sep = string.find(fields[j], ':', 1, true)
+      local at = sep and tonumber(string.sub(fields[j], 1, sep - 1))
+      if at and at <= sec - LATENCY_BUCKETS then redis.call('HDEL', lkey, fields[j]) end
+    end
+    redis.call('HSET', lkey, 'second', string.format('%.0f', sec))
+  end
+  redis.call('PEXPIRE', lkey, math.max(ttl, LATENCY_TTL))
+end
 """
+)
 
 FLUSH: Final = (
     _PRELUDE
     + r"""
--- KEYS: state hash, window hash. ARGV: see flush_args() in resilient/stores/_lua.py.
-local skey, wkey = KEYS[1], KEYS[2]
+-- KEYS: state hash, window hash[, latency hash]. ARGV: see flush_args() in
+-- resilient/stores/_lua.py.
+local skey, wkey, lkey = KEYS[1], KEYS[2], KEYS[3]
 local width, nbuckets = tonumber(ARGV[2]), tonumber(ARGV[3])
 local in_calls, in_fail, in_slow = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local in_gen, wanted = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -183,7 +224,7 @@ local reason = false
 if width > 0 then
   if tonumber(st[10]) ~= width then redis.call('DEL', wkey) end
   local head = math.floor(now / width)
-  for i = 22, #ARGV - 4, 5 do
+  for i = 23, #ARGV - 4, 5 do
     local age = tonumber(ARGV[i])
     if age >= 0 and age < nbuckets then
       local b = string.format('%.0f', head - age)
@@ -195,6 +236,8 @@ if width > 0 then
   end
 end
 local calls, failures, slow = totals(wkey, width, nbuckets, true)
+
+if lkey then add_latency(lkey, ARGV[22], ttl) end
 
 local function reset_round()
   granted, pc, pf, ps, lease_until = 0, 0, 0, 0, 0
@@ -286,6 +329,16 @@ return {state, open_until, fmt(now), trips, gen, calls, failures, slow, tokens}
 """
 )
 
+LATENCY: Final = (
+    _PRELUDE
+    + r"""
+-- KEYS: latency hash. ARGV: the clock (or ''), the counts ("bucket:count,...").
+-- For a breaker with latency to send and nothing else (FLUSH carries it otherwise).
+add_latency(KEYS[1], ARGV[2], 0)
+return 1
+"""
+)
+
 READ: Final = (
     _PRELUDE
     + r"""
@@ -306,6 +359,7 @@ def _sha(source: str) -> str:
 
 FLUSH_SHA: Final = _sha(FLUSH)
 READ_SHA: Final = _sha(READ)
+LATENCY_SHA: Final = _sha(LATENCY)
 
 # ------------------------------------------------------------------ arguments
 
@@ -329,8 +383,16 @@ def ttl_ms(config: BreakerConfig, window_width: float, buckets: int) -> int:
     return math.ceil((2.0 * span + TTL_MARGIN) * 1000.0)
 
 
-def flush_args(outbox: Outbox, channel: str, now: float | None = None) -> list[str | int | float]:
+def flush_args(
+    outbox: Outbox,
+    channel: str,
+    now: float | None = None,
+    latency: Mapping[int, int] | None = None,
+) -> list[str | int | float]:
     """The ARGV of one FLUSH call for ``outbox`` (``now``: tests only; None = Redis TIME).
+
+    ``latency``: sketch bucket -> count of the calls since the last send
+    (``resilient.sketch``), added to the latency hash (the third key).
 
     Raises:
         ValueError: an outbox value the script cannot take (named).
@@ -363,12 +425,46 @@ def flush_args(outbox: Outbox, channel: str, now: float | None = None) -> list[s
         ttl_ms(cfg, width, outbox.buckets),
         repr(probe_lease(cfg)),
         channel,
+        encode_latency(latency or {}),
     ]
     for delta in outbox.deltas:
         age, *counts = delta
         args.append(_count("delta age", age))
         args.extend(_count("delta count", c) for c in counts)
     return args
+
+
+def encode_latency(counts: Mapping[int, int]) -> str:
+    """``"bucket:count,..."``, the form FLUSH reads (counts > 0 only)."""
+    parts = []
+    for index, n in counts.items():
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"a latency bucket must be an integer, got {index!r}")
+        if _count("latency count", n):
+            parts.append(f"{index}:{n}")
+    return ",".join(parts)
+
+
+def fleet_latency(fields: Mapping[object, object], now: float) -> LatencySketch:
+    """The fleet's sketch from a latency hash: its buckets of the last ``LATENCY_BUCKETS`` s.
+
+    ``now`` is Redis time (``TIME``), the clock the fields were written by.
+    A field that is not ``"<second>:<bucket>"`` with a count (only FLUSH
+    writes here) is skipped, never evaluated.
+    """
+    from resilient.sketch import LatencySketch, is_bucket
+
+    newest = math.floor(now / LATENCY_WIDTH)
+    counts: dict[int, int] = {}
+    for field, count in fields.items():
+        cell = _LATENCY_FIELD.fullmatch(_text(field))
+        number = _DIGITS.fullmatch(_text(count))
+        if cell is None or number is None:
+            continue
+        second, index = int(cell[1]), int(cell[2])
+        if newest - LATENCY_BUCKETS < second <= newest and is_bucket(index):
+            counts[index] = counts.get(index, 0) + int(number[0])
+    return LatencySketch.from_counts(counts)
 
 
 def _count(what: str, value: int) -> int:

@@ -57,6 +57,7 @@ from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from resilient.sketch import LatencySketch
 from resilient.stores import _control, _lua
 from resilient.stores._redis_url import (
     CLUSTER_SCHEMES,
@@ -83,6 +84,8 @@ RETRY_MAX: Final = 0.5  # seconds between attempts while Redis is unreachable
 AUTH_RETRY: Final = 5.0  # ... when it refuses our credentials (it will not change its mind soon)
 LISTEN_POLL: Final = 1.0  # seconds a listener waits for a message before looking at `closing`
 SCAN_COUNT: Final = 1000
+#: Durations bucketed per breaker per flush at most (a stride sample beyond, weighted).
+LATENCY_SAMPLE: Final = 8192
 STALE_HORIZON: Final = 10.0  # seconds: how much older (Redis clock) a late reply can be
 SCHEMES: Final = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 
@@ -172,6 +175,9 @@ class RedisStore:
         self._views: dict[str, tuple[FleetView, float]] = {}  # last view and when (monotonic)
         # Operators' states seen: name -> (generation, record; None if set in code).
         self._manual: dict[str, tuple[int, _control.Manual | None]] = {}
+        # Latency not yet sent, per breaker, and when each last sent (monotonic).
+        self._latency: dict[str, LatencySketch] = {}
+        self._latency_sent: dict[str, float] = {}
         self._ns = namespace or "default"
         self._connected = False
         self._down_since: float | None = None
@@ -216,6 +222,7 @@ class RedisStore:
         namespace = self._namespace or breaker.namespace or self._ns
         self._keys[name] = _lua.keys_for(namespace, name)
         breaker.link_store(_Link(self))
+        breaker.record_durations()  # for the fleet's latency percentiles
         self._breakers[name] = breaker
         known = self._views.get(name)
         if known is not None:
@@ -283,7 +290,7 @@ class RedisStore:
         return True
 
     async def _load_scripts(self, client: Client) -> None:
-        for source in (_lua.FLUSH, _lua.READ, _control.HOLD):
+        for source in (_lua.FLUSH, _lua.READ, _lua.LATENCY, _control.HOLD):
             await client.script_load(source)
 
     async def _write_back(self, client: Client) -> None:
@@ -350,6 +357,7 @@ class RedisStore:
         """One round trip: an EVALSHA per breaker with news, a READ per one to refresh."""
         client = self._client
         assert client is not None
+        self._gather_latency()
         boxes = self._collect()
         reads = [n for n in list(self._refresh) if n in self._breakers]
         self._refresh.difference_update(reads)
@@ -357,17 +365,22 @@ class RedisStore:
         reads = [n for n in reads if n not in sent]
         holds = [n for n in list(self._holds) if n not in sent]  # a FLUSH reply says anew
         self._holds.clear()
-        if not boxes and not reads and not holds:
+        if not boxes and not reads and not holds and not self._latency_due():
             return True
         calls: list[_Call] = []
+        sending = self._latency_taken(self._latency_due())
         for _, box in boxes:
             keys = self._keys[box.name]
             try:
-                args = _lua.flush_args(box, keys.channel)
+                args = _lua.flush_args(box, keys.channel, latency=sending.get(box.name))
             except ValueError as exc:  # a breaker bug: drop this outbox, say so once
                 self._log_once("outbox", "resilient: outbox of %r not sent: %s", box.name, exc)
                 continue
             calls.append((box.name, keys, _lua.FLUSH_SHA, args))
+        calls.extend(  # latency, and nothing else to say: a call of its own
+            (name, self._keys[name], _lua.LATENCY_SHA, ["", _lua.encode_latency(sending[name])])
+            for name in sending.keys() - sent
+        )
         calls.extend((name, self._keys[name], _lua.READ_SHA, [""]) for name in reads)
         for name in holds:
             keys = self._keys.get(name) or _lua.Keys(self._ns, name)
@@ -376,20 +389,70 @@ class RedisStore:
             replies = await self._execute(client, calls)
         except Exception as exc:  # whatever it is, callers must not see it
             self._failed(boxes)
+            self._unsent(sending)
             self._refresh.update(reads)
             self._holds.update(holds)
             self._went_down(exc)
             return False
         answered = self._take(calls, replies, time.monotonic())
         self._failed([(b, box) for b, box in boxes if box.name not in answered])
+        self._unsent({n: c for n, c in sending.items() if n not in answered})
         return True
+
+    def _gather_latency(self) -> None:
+        """Bucket the durations the breakers kept since the last flush (off their path).
+
+        On the last flush, everything: a take returns the list swapped out
+        at the take before, so a second one gets the rest.
+        """
+        for name, breaker in list(self._breakers.items()):
+            durations = breaker.take_durations()
+            if self._closing:
+                durations += breaker.take_durations()
+            if durations:
+                sketch = self._latency.get(name)
+                if sketch is None:
+                    sketch = self._latency[name] = LatencySketch()
+                sketch.add_many(durations, limit=LATENCY_SAMPLE)
+
+    def _latency_due(self) -> set[str]:
+        """The breakers whose latency goes now: at most once a ``LATENCY_WIDTH`` (all, last)."""
+        now = time.monotonic()
+        sent = self._latency_sent
+        return {
+            name
+            for name, sketch in self._latency.items()
+            if sketch.count
+            and (self._closing or now - sent.get(name, -math.inf) >= _lua.LATENCY_WIDTH)
+        }
+
+    def _latency_taken(self, names: set[str]) -> dict[str, dict[int, int]]:
+        """The latency counts of ``names``, taken out to be sent."""
+        now = time.monotonic()
+        taken = {}
+        for name in names:
+            taken[name] = self._latency.pop(name).counts
+            self._latency_sent[name] = now
+        return taken
+
+    def _unsent(self, counts: dict[str, dict[int, int]]) -> None:
+        """Counts a flush did not deliver: kept for the next one."""
+        for name, buckets in counts.items():
+            sketch = self._latency.get(name)
+            if sketch is None:
+                sketch = self._latency[name] = LatencySketch()
+            sketch.merge(buckets)
+            self._latency_sent.pop(name, None)
 
     def _take(self, calls: list[_Call], replies: list[Any], now: float) -> set[str]:
         """Apply each reply's view (and record); the names answered."""
         answered = set()
-        for (name, *_), reply in zip(calls, replies, strict=True):
+        for (name, _, sha, _), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 self._log_once("reply", "resilient: Redis refused a sync of %r: %s", name, reply)
+                continue
+            if sha == _lua.LATENCY_SHA:  # answers nothing but that it ran
+                answered.add(name)
                 continue
             try:
                 part, record = _control.split_reply(reply)
@@ -435,7 +498,7 @@ class RedisStore:
             # redis-py refuses EVALSHA in cluster pipelines: send the calls at once
             # instead (each to its slot's node); still one command per breaker.
             replies: list[Any] = await asyncio.gather(
-                *(client.evalsha(sha, 2, k.state, k.window, *args) for _, k, sha, args in calls),
+                *(_evalsha(client, sha, keys, args) for _, keys, sha, args in calls),
                 return_exceptions=True,
             )
             down = [r for r in replies if isinstance(r, _UNREACHABLE)]
@@ -444,7 +507,7 @@ class RedisStore:
             return replies
         pipe = client.pipeline(transaction=False)
         for _, keys, sha, args in calls:
-            pipe.evalsha(sha, 2, keys.state, keys.window, *args)
+            _evalsha(pipe, sha, keys, args)
         replies = await pipe.execute(raise_on_error=False)
         return replies
 
@@ -595,6 +658,15 @@ class _Link:
 
     def wake(self) -> None:
         self._store._request_flush()
+
+
+def _evalsha(target: Any, sha: str, keys: _lua.Keys, args: list[Any]) -> Any:
+    """A script call on a client or pipeline; FLUSH also writes the latency hash."""
+    if sha == _lua.FLUSH_SHA:
+        return target.evalsha(sha, 3, keys.state, keys.window, keys.latency, *args)
+    if sha == _lua.LATENCY_SHA:
+        return target.evalsha(sha, 1, keys.latency, *args)
+    return target.evalsha(sha, 2, keys.state, keys.window, *args)
 
 
 def _tls_hint(exc: BaseException) -> str:

@@ -102,7 +102,8 @@ class Model:
         minimum, n = int(a[12]), int(a[13])
         dur, backoff, dmax, jitter = (float(x) for x in a[14:18])
         ttl, lease, channel = int(a[18]), float(a[19]), a[20]
-        deltas = [a[i : i + 5] for i in range(21, len(a) - 4, 5)]
+        # a[21], the latency counts, go to a hash of their own that nothing here reads
+        deltas = [a[i : i + 5] for i in range(22, len(a) - 4, 5)]
 
         h = self.hashes.get(skey, {})
         state = h.get("state", "closed")
@@ -442,7 +443,10 @@ def test_arguments_carry_the_config_and_a_bounded_reason() -> None:
     assert args[0] == ""  # Redis TIME
     assert args[9] == "x" * _lua.REASON_MAX
     assert args[20] == "chan"
-    assert args[21:] == [1, 2, 3, 4, 5]
+    assert args[21] == ""  # no latency counts
+    assert args[22:] == [1, 2, 3, 4, 5]
+    with_latency = _lua.flush_args(_outbox(), "chan", latency={-460: 3, 12: 0, 40: 1})
+    assert with_latency[21] == "-460:3,40:1"
     # keys outlive twice the longest span: here open_duration_max (60 s)
     assert args[18] == (2 * 60 + _lua.TTL_MARGIN) * 1000
 

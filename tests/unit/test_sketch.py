@@ -84,3 +84,15 @@ def test_the_wire_form_takes_redis_strings_and_refuses_anything_else() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             LatencySketch.from_counts(bad)
+
+
+def test_a_batch_past_the_limit_is_a_weighted_stride_with_the_same_quantiles() -> None:
+    rng = random.Random(11)
+    durations = [rng.lognormvariate(math.log(0.01), 0.5) for _ in range(100_000)]
+    full, thinned = LatencySketch(), LatencySketch()
+    full.add_many(durations)
+    thinned.add_many(durations, limit=8192)
+    assert len(thinned.counts) <= len(full.counts)
+    assert abs(thinned.count - full.count) <= 13  # within one stride
+    for q in (0.5, 0.99):
+        assert thinned.quantile(q) == pytest.approx(full.quantile(q), rel=0.03)
