@@ -15,8 +15,11 @@ paced every 10 ms; each call an ``async def`` that succeeds). Meanwhile:
 - a config push every 5 s (``<prefix>/defaults``, ``failure_rate_threshold``
   moving between 0.50 and 0.59: a new etcd revision each time);
 - fleet trips, in healthy stretches (10%, 20%, 50%, 65%, 85%, 95%): every
-  process fails calls to one fresh breaker from the same instant (200 a
-  second each); the time from that instant to OPEN seen in every process.
+  process makes two healthy calls to one fresh breaker, then, from the same
+  instant, fails ``minimum_calls`` calls to it at once and more at 200 a
+  second (DESIGN's "processes whose calls start failing together", as
+  ``bench.redis_store`` case 4 at rate 0); the time from that instant to
+  OPEN seen in every process.
 
 The bench stops by itself (``--seconds`` plus a few seconds to start and
 stop) and judges, per DESIGN.md (issue 20):
@@ -56,7 +59,9 @@ PREFIX = "/resilient/soak"
 NAMESPACE = "soak"
 SYNC_INTERVAL = 0.1  # the RedisStore default
 TICK = 0.01  # seconds between a worker's batches of calls
-TRIP_RATE = 200.0  # failures a second per process on a trip breaker
+TRIP_RATE = 200.0  # failures a second per process on a trip breaker, after a burst
+WARM_CALLS = 2  # healthy calls each process makes on a trip breaker before it fails
+TRIP_LEAD = 1.0  # seconds between the trip command and the instant the failures start
 TRIP_TIMEOUT = 3.0  # seconds a trip may take before it counts as not seen
 CONFIG = {"minimum_calls": 10, "window_size": 10, "open_duration": 60.0}
 #: (share of the run, server, fault, seconds until it is undone)
@@ -145,10 +150,15 @@ async def _work(
                 await asyncio.sleep(max(0.0, at - loop.time()))
 
         async def trip(name: str, start: float) -> None:
-            call = hub.breaker(name)(fail)
+            breaker = hub.breaker(name)
+            for _ in range(WARM_CALLS):  # known to the fleet before it fails
+                await breaker(ok)()
+            call = breaker(fail)
             await asyncio.sleep(max(0.0, start - time.time()))
+            burst = int(CONFIG["minimum_calls"])  # all at once, then paced
             for i in range(int(TRIP_RATE * TRIP_TIMEOUT)):
-                await asyncio.sleep(max(0.0, start + i / TRIP_RATE - time.time()))
+                if i >= burst:
+                    await asyncio.sleep(max(0.0, start + (i - burst) / TRIP_RATE - time.time()))
                 try:
                     await call()
                 except OSError:
@@ -309,7 +319,7 @@ def run(args: argparse.Namespace) -> bool:
                     down.append((faulted_at[what], now + SETTLE))
                     print(f"  {now - origin:6.1f} s  {what[0]} back", flush=True)
                 elif kind == "trip":
-                    start = now + 0.2
+                    start = now + TRIP_LEAD
                     for box in inboxes:
                         box.put(("trip", what, start))
                     seen.trips[what] = start
