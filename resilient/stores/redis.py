@@ -58,7 +58,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resilient.sketch import LatencySketch
-from resilient.stores import _control, _lua
+from resilient.stores import _control, _lua, _presence
 from resilient.stores._redis_url import (
     CLUSTER_SCHEMES,
     async_client,
@@ -87,6 +87,7 @@ SCAN_COUNT: Final = 1000
 #: Durations bucketed per breaker per flush at most (a stride sample beyond, weighted).
 LATENCY_SAMPLE: Final = 8192
 STALE_HORIZON: Final = 10.0  # seconds: how much older (Redis clock) a late reply can be
+PRESENCE_SOON: Final = 1.0  # seconds: a changed presence entry is written this soon at most
 SCHEMES: Final = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 
 Client = aioredis.Redis | RedisCluster
@@ -184,6 +185,12 @@ class RedisStore:
         self._recoveries = 0  # outages ended: tells a late failure of the last one from a new one
         self._refused = False  # the outage is Redis refusing our credentials
         self._errors_logged: set[str] = set()
+        # Presence (_presence.py): our entry, when last written (monotonic), what it said.
+        self._process_id = _presence.process_id()
+        self._presence_at = -math.inf
+        self._presence_said: tuple[int, frozenset[str]] = (0, frozenset())
+        self._degraded: set[str] = set()  # breakers deciding on local state (as sync_failed)
+        self._last_outage: tuple[float, float] | None = None  # (seconds, ended at, monotonic)
         self._runner: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
@@ -241,6 +248,9 @@ class RedisStore:
             await runner  # ends with a final flush (bounded by the timeouts)
         await self._stop_listener()
         client = self._client
+        if client is not None and self._connected:  # gone now, not silent for 6 s
+            with contextlib.suppress(Exception):
+                await client.hdel(_presence.presence_key(self._ns), self._process_id)
         if client is not None and self._url is not None:
             self._client = None
             with contextlib.suppress(RedisError, OSError):
@@ -285,12 +295,13 @@ class RedisStore:
         for name, view in views.items():
             self._apply(name, view, now)
         self._refresh.update(self._breakers)  # those with no state yet, and any missed
+        self._presence_at = -math.inf  # say we are here (again) in the next flush
         self._connected = True
         self._start_listener()
         return True
 
     async def _load_scripts(self, client: Client) -> None:
-        for source in (_lua.FLUSH, _lua.READ, _lua.LATENCY, _control.HOLD):
+        for source in (_lua.FLUSH, _lua.READ, _lua.LATENCY, _control.HOLD, _presence.WRITE):
             await client.script_load(source)
 
     async def _write_back(self, client: Client) -> None:
@@ -365,7 +376,8 @@ class RedisStore:
         reads = [n for n in reads if n not in sent]
         holds = [n for n in list(self._holds) if n not in sent]  # a FLUSH reply says anew
         self._holds.clear()
-        if not boxes and not reads and not holds and not self._latency_due():
+        presence = self._presence_call({box.name for _, box in boxes} | set(reads) | set(holds))
+        if not boxes and not reads and not holds and not presence and not self._latency_due():
             return True
         calls: list[_Call] = []
         sending = self._latency_taken(self._latency_due())
@@ -385,6 +397,7 @@ class RedisStore:
         for name in holds:
             keys = self._keys.get(name) or _lua.Keys(self._ns, name)
             calls.append((name, keys, _control.HOLD_SHA, ["", keys.channel]))
+        calls.extend(presence)
         try:
             replies = await self._execute(client, calls)
         except Exception as exc:  # whatever it is, callers must not see it
@@ -398,6 +411,42 @@ class RedisStore:
         self._failed([(b, box) for b, box in boxes if box.name not in answered])
         self._unsent({n: c for n, c in sending.items() if n not in answered})
         return True
+
+    def _presence_call(self, syncing: set[str]) -> list[_Call]:
+        """Our presence entry, when due: every ``EVERY`` seconds, at once after a
+        (re)connect, within ``PRESENCE_SOON`` when what it says changed.
+
+        ``syncing``: the breakers this flush syncs. In the first flush after an
+        outage every breaker is still degraded and their replies are about to
+        end it: that entry leaves them out (a refused one is listed again
+        within ``PRESENCE_SOON``).
+        """
+        now = time.monotonic()
+        every = max(_presence.EVERY, self.sync_interval)
+        degraded = self._degraded - syncing if self._down_since is not None else self._degraded
+        said = (len(self._breakers), frozenset(degraded))
+        since = now - self._presence_at
+        if since < every and (said == self._presence_said or since < PRESENCE_SOON):
+            return []
+        if self._down_since is not None:  # the first flush after an outage: it ends now
+            outage: tuple[float, float] | None = (now - self._down_since, 0.0)
+        elif self._last_outage is not None:
+            outage = (self._last_outage[0], now - self._last_outage[1])
+        else:
+            outage = None
+        entry = _presence.body(
+            every=every, names=list(self._breakers), degraded=said[1], outage=outage,
+            version=_presence.VERSION,
+        )  # fmt: skip
+        self._presence_at, self._presence_said = now, said
+        args = [
+            _presence.presence_key(self._ns),
+            _presence.expiry_key(self._ns),
+            self._process_id,
+            entry,
+            f"{_presence.GONE_AFTER * every:.3f}",
+        ]
+        return [("(presence)", _lua.Keys(self._ns, "processes"), _presence.WRITE_SHA, args)]
 
     def _gather_latency(self) -> None:
         """Bucket the durations the breakers kept since the last flush (off their path).
@@ -451,7 +500,7 @@ class RedisStore:
             if isinstance(reply, Exception):
                 self._log_once("reply", "resilient: Redis refused a sync of %r: %s", name, reply)
                 continue
-            if sha == _lua.LATENCY_SHA:  # answers nothing but that it ran
+            if sha in (_lua.LATENCY_SHA, _presence.WRITE_SHA):  # they answer only that they ran
                 answered.add(name)
                 continue
             try:
@@ -478,6 +527,7 @@ class RedisStore:
     def _failed(self, boxes: list[tuple[CircuitBreaker, Outbox]]) -> None:
         for breaker, box in boxes:
             breaker.sync_failed(box)
+            self._degraded.add(breaker.name)
 
     async def _execute(self, client: Client, calls: list[_Call]) -> list[Any]:
         """Run the calls in one round trip; load the scripts and rerun any NOSCRIPT ones.
@@ -534,6 +584,7 @@ class RedisStore:
         breaker = self._breakers.get(name)
         if breaker is not None:
             breaker.sync_in(view)
+            self._degraded.discard(name)  # sync_in ends its degraded state
 
     def _hold(self, name: str, view: FleetView, record: object) -> None:
         """Keep the operator's record in force (or read it soon); forget it once moved on."""
@@ -630,10 +681,12 @@ class RedisStore:
     def _came_back(self) -> None:
         if self._down_since is not None:
             self._recoveries += 1
+            now = time.monotonic()
+            self._last_outage = (now - self._down_since, now)
             log.warning(
                 "resilient: Redis at %s reachable again after %.1f s",
                 self._where,
-                time.monotonic() - self._down_since,
+                now - self._down_since,
             )
             self._down_since = None
             self._refused = False
@@ -666,6 +719,8 @@ def _evalsha(target: Any, sha: str, keys: _lua.Keys, args: list[Any]) -> Any:
         return target.evalsha(sha, 3, keys.state, keys.window, keys.latency, *args)
     if sha == _lua.LATENCY_SHA:
         return target.evalsha(sha, 1, keys.latency, *args)
+    if sha == _presence.WRITE_SHA:  # its two keys (the namespace's) lead ARGV
+        return target.evalsha(sha, 2, *args)
     return target.evalsha(sha, 2, keys.state, keys.window, *args)
 
 

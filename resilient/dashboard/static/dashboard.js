@@ -37,6 +37,10 @@ function ago(epoch) {
   if (s < 86400) return (s / 3600).toFixed(1) + " h ago";
   return (s / 86400).toFixed(1) + " d ago";
 }
+function procs(d) {  // processes sharing the breaker, and those on local state for it
+  if (d.processes === undefined || d.processes === null) return "–";
+  return d.processes_degraded ? d.processes + " (" + d.processes_degraded + " degraded)" : String(d.processes);
+}
 function clock(epoch) { return epoch ? new Date(epoch * 1000).toLocaleTimeString() : "–"; }
 function badge(state) { return el("span", "state s-" + state, LABEL[state] || state); }
 
@@ -66,7 +70,10 @@ function fillRow(entry) {
   c[5].textContent = ms(d.p50);
   c[6].textContent = ms(d.p99);
   c[7].textContent = ms(d.p999);
-  c[8].textContent = d.processes === undefined || d.processes === null ? "–" : d.processes;
+  c[8].textContent = procs(d);
+  c[8].classList.toggle("degraded", !!d.processes_degraded);
+  c[8].title = d.processes_degraded
+    ? d.processes_degraded + " of them on local state (degraded, or silent: cannot reach Redis)" : "";
   c[9].textContent = openUntil(entry);
   const why = d.manual_reason ? d.manual_reason + (d.manual_by ? " (" + d.manual_by + ")" : "") : d.reason;
   c[10].textContent = why || "–";
