@@ -77,7 +77,8 @@ def redis_url(url: str | None) -> Iterator[tuple[str, Any]]:
 # What the fleet scripts call inside Redis: INFO commandstats counts these too, but
 # they never cross the network. A client's commands are everything else.
 IN_SCRIPTS = {"time", "hmget", "hset", "hdel", "hgetall", "hincrby", "del", "pexpire",
-              "persist", "publish", "hget", "hkeys"}  # fmt: skip
+              "persist", "publish", "hget", "hkeys", "xadd", "zadd", "zrangebyscore",
+              "zrem"}  # fmt: skip
 OURS = {"config|resetstat", "info"}  # the bench's own
 
 

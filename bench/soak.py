@@ -222,7 +222,7 @@ def gather(out: Any, seen: Seen, until: float) -> None:
 
 
 class Servers:
-    """The Redis and etcd of the run, and the faults done to them (by PID)."""
+    """One Redis and one etcd (``--engines single``), and the faults done to them (by PID)."""
 
     def __init__(self) -> None:
         from resilient.testing.servers import EtcdServer, RedisServer
@@ -242,11 +242,16 @@ class Servers:
                     os.kill(server.pid, signal.SIGCONT)
             server.close()
 
-    def server(self, name: str) -> Any:
-        return self.redis if name == "redis" else self.etcd
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    @property
+    def etcd_endpoints(self) -> str:
+        return self.etcd.endpoint
 
     def fault(self, name: str, what: str) -> None:
-        server = self.server(name)
+        server = self.redis if name == "redis" else self.etcd
         if what == "kill":
             server.kill()
         else:
@@ -254,12 +259,106 @@ class Servers:
             os.kill(server.pid, signal.SIGSTOP)
 
     def undo(self, name: str, what: str) -> None:
-        server = self.server(name)
+        server = self.redis if name == "redis" else self.etcd
         if what == "kill":
-            server.start()
+            server.start()  # Redis comes back empty: no persistence
         else:
             assert server.pid is not None
             os.kill(server.pid, signal.SIGCONT)
+
+    def reset_stats(self) -> None:
+        self.redis.reset_stats()
+
+    def client_commands(self) -> float:
+        return client_commands(command_stats(self.redis.url), scripts=True)
+
+    def etcdctl(self, *args: str) -> str:
+        return self.etcd.etcdctl(*args, timeout=2.0)
+
+
+class Clusters(Servers):
+    """A Redis Cluster (3 masters + 3 replicas) and a 3-member etcd (``--engines cluster``).
+
+    Faults: a master killed (its replica promoted; it comes back as a replica)
+    or paused past the node timeout (failed over too), the etcd leader killed
+    and started again, a follower paused.
+    """
+
+    def __init__(self) -> None:
+        from resilient.testing.clusters import EtcdCluster, RedisCluster
+
+        self.cluster = RedisCluster()
+        self.members = EtcdCluster()
+        self._faulted: dict[str, Any] = {}
+
+    def __enter__(self) -> Clusters:
+        self.cluster.start()
+        self.members.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in (*self.cluster.nodes, *self.members.members):
+            with contextlib.suppress(Exception):
+                if node.paused:
+                    node.resume()
+        self.cluster.close()
+        self.members.close()
+
+    @property
+    def redis_url(self) -> str:
+        return self.cluster.url
+
+    @property
+    def etcd_endpoints(self) -> str:
+        return self.members.endpoints
+
+    def fault(self, name: str, what: str) -> None:
+        if name == "redis":
+            node: Any = self.cluster.masters()[0]
+            (self.cluster.kill if what == "kill" else self.cluster.pause)(node)
+        else:
+            node = self.members.leader() if what == "kill" else self.members.followers()[0]
+            (self.members.kill if what == "kill" else self.members.pause)(node)
+        self._faulted[name] = node
+
+    def undo(self, name: str, what: str) -> None:
+        node = self._faulted.pop(name)
+        if name == "redis":
+            if what == "kill":
+                with contextlib.suppress(ValueError):  # it serves no slots: promoted already
+                    self.cluster.wait_promoted(node)
+                self.cluster.restart(node)  # back as a replica of the promoted one
+            else:
+                self.cluster.resume(node)
+        elif what == "kill":
+            self.members.restart(node)
+        else:
+            self.members.resume(node)
+
+    def _node_clients(self) -> list[Any]:
+        return [node.client() for node in self.cluster.running_nodes()]
+
+    def reset_stats(self) -> None:
+        for client in self._node_clients():
+            with client:
+                client.config_resetstat()
+
+    def client_commands(self) -> float:
+        """Commands clients sent to the masters (a replica's are the masters' writes, replayed)."""
+        total: dict[str, float] = {}
+        for client in self._node_clients():
+            with client:
+                if client.info("replication")["role"] != "master":
+                    continue
+                info: dict[str, Any] = client.info("commandstats")
+            for key, fields in info.items():
+                name = key.removeprefix("cmdstat_")
+                if name != "replconf":  # a replica's, not a client's
+                    total[name] = total.get(name, 0.0) + float(fields["calls"])
+        return client_commands(total, scripts=True)
+
+    def etcdctl(self, *args: str) -> str:
+        return self.members.etcdctl(*args, timeout=2.0)
 
 
 def run(args: argparse.Namespace) -> bool:
@@ -270,13 +369,13 @@ def run(args: argparse.Namespace) -> bool:
     down: list[tuple[float, float]] = []  # stretches some server was faulted (+ SETTLE)
     commands = 0.0
     command_span = 0.0
-    with Servers() as servers:
+    with Clusters() if args.engines == "cluster" else Servers() as servers:
         opts = {"breakers": args.breakers, "rate": args.rate / args.processes}
         inboxes = [ctx.Queue() for _ in range(args.processes)]
         procs = [
             ctx.Process(
                 target=worker,
-                args=(i, servers.redis.url, servers.etcd.endpoint, opts, inboxes[i], out),
+                args=(i, servers.redis_url, servers.etcd_endpoints, opts, inboxes[i], out),
                 daemon=True,
             )
             for i in range(args.processes)
@@ -329,10 +428,10 @@ def run(args: argparse.Namespace) -> bool:
                     if revision is not None:
                         pushed.append((revision, now))
                 elif kind == "stats-from":
-                    servers.redis.reset_stats()
+                    servers.reset_stats()
                     stats_from = now
                 elif kind == "stats-to":
-                    commands = client_commands(command_stats(servers.redis.url), scripts=True)
+                    commands = servers.client_commands()
                     command_span = now - stats_from
             gather(out, seen, origin + args.seconds)
         finally:
@@ -356,8 +455,8 @@ def push(servers: Servers, threshold: int) -> int | None:
     """Put ``<prefix>/defaults``; the new revision (None while etcd is away)."""
     value = json.dumps({"failure_rate_threshold": threshold / 100})
     try:
-        servers.etcd.etcdctl("put", f"{PREFIX}/defaults", value, timeout=2.0)
-        got = servers.etcd.etcdctl("get", f"{PREFIX}/defaults", "-w", "json", timeout=2.0)
+        servers.etcdctl("put", f"{PREFIX}/defaults", value)
+        got = servers.etcdctl("get", f"{PREFIX}/defaults", "-w", "json")
     except Exception:
         return None
     return int(json.loads(got)["header"]["revision"])
@@ -458,6 +557,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=5000.0, help="calls/s in all")
     parser.add_argument(
         "--seconds", type=float, default=180.0, help="the run (faults scale with it)"
+    )
+    parser.add_argument(
+        "--engines",
+        choices=["single", "cluster"],
+        default="single",
+        help="one Redis and one etcd, or a Redis Cluster and a 3-member etcd",
     )
     args = parser.parse_args(argv)
     print(
