@@ -81,7 +81,8 @@ class Guard:
         # Every ended call's duration, when a store asked (record_durations): the
         # list being appended to, and the one taken out at the last take.
         self._durations: list[float] | None = None
-        self._taken: list[float] = []
+        self._taken: list[float] = []  # the list the last take swapped out
+        self._taken_len = 0  # ... and how much of it that take returned
         #: observers or durations: the one test the success path makes for both
         self._watched = False
         self._lock = threading.Lock()  # guards the circuit; never held while user code runs
@@ -239,18 +240,21 @@ class Guard:
             self._watched = True
 
     def take_durations(self) -> list[float]:
-        """The durations of the calls that ended before the previous take.
+        """The durations of the calls that ended since the last take.
 
-        Double-buffered, without a lock: a take swaps in a fresh list and
-        returns the one it swapped out the time before, so a thread that was
-        appending to that one as it was swapped out has long finished. (The
-        figures so arrive one take late, never lost.)
+        Without a lock: a take swaps in a fresh list and returns what the old
+        one holds; a thread that fetched the old list just before the swap
+        may still append to it, so the next take returns those late ones too.
+        Nothing is lost, nothing counted twice.
         """
         current = self._durations
         if current is None:
             return []
-        ready, self._taken, self._durations = self._taken, current, []
-        return ready
+        self._durations = []
+        previous, seen = self._taken, self._taken_len
+        now_len = len(current)
+        self._taken, self._taken_len = current, now_len
+        return previous[seen:] + current[:now_len]
 
     def _observe(self, outcome: str, duration: float) -> None:
         for observer in self._observers:

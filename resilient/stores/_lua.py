@@ -333,7 +333,8 @@ LATENCY: Final = (
     _PRELUDE
     + r"""
 -- KEYS: latency hash. ARGV: the clock (or ''), the counts ("bucket:count,...").
--- For a breaker with latency to send and nothing else (FLUSH carries it otherwise).
+-- For the last flush of a store, a breaker with latency to send and nothing else
+-- (FLUSH carries it otherwise).
 add_latency(KEYS[1], ARGV[2], 0)
 return 1
 """

@@ -377,10 +377,11 @@ class RedisStore:
         holds = [n for n in list(self._holds) if n not in sent]  # a FLUSH reply says anew
         self._holds.clear()
         presence = self._presence_call({box.name for _, box in boxes} | set(reads) | set(holds))
-        if not boxes and not reads and not holds and not presence and not self._latency_due():
+        due = self._latency_due(sent)
+        if not boxes and not reads and not holds and not presence and not due:
             return True
         calls: list[_Call] = []
-        sending = self._latency_taken(self._latency_due())
+        sending = self._latency_taken(due)
         for _, box in boxes:
             keys = self._keys[box.name]
             try:
@@ -389,7 +390,7 @@ class RedisStore:
                 self._log_once("outbox", "resilient: outbox of %r not sent: %s", box.name, exc)
                 continue
             calls.append((box.name, keys, _lua.FLUSH_SHA, args))
-        calls.extend(  # latency, and nothing else to say: a call of its own
+        calls.extend(  # the last flush: latency with nothing else to say, a call of its own
             (name, self._keys[name], _lua.LATENCY_SHA, ["", _lua.encode_latency(sending[name])])
             for name in sending.keys() - sent
         )
@@ -464,15 +465,20 @@ class RedisStore:
                     sketch = self._latency[name] = LatencySketch()
                 sketch.add_many(durations, limit=LATENCY_SAMPLE)
 
-    def _latency_due(self) -> set[str]:
-        """The breakers whose latency goes now: at most once a ``LATENCY_WIDTH`` (all, last)."""
+    def _latency_due(self, boxed: set[str]) -> set[str]:
+        """The breakers whose latency goes now: at most once a ``LATENCY_WIDTH``, with the
+        FLUSH of a breaker in ``boxed`` (so a breaker's command count is its flushes';
+        the latency of one gone quiet waits for its next call). The last flush: all."""
+        if self._closing:
+            return {name for name, sketch in self._latency.items() if sketch.count}
         now = time.monotonic()
         sent = self._latency_sent
         return {
             name
-            for name, sketch in self._latency.items()
-            if sketch.count
-            and (self._closing or now - sent.get(name, -math.inf) >= _lua.LATENCY_WIDTH)
+            for name in boxed
+            if (sketch := self._latency.get(name)) is not None
+            and sketch.count
+            and now - sent.get(name, -math.inf) >= _lua.LATENCY_WIDTH
         }
 
     def _latency_taken(self, names: set[str]) -> dict[str, dict[int, int]]:
