@@ -5,6 +5,15 @@ One idea: everything a mirror does after the caller has its answer
 thread, so none of it sits on a caller's path, in threads or in an event
 loop. Callers only ``submit`` a job (a ``SimpleQueue.put``, lock-free in C).
 
+The thread wakes once per batch, not once per job: an idle thread wakes
+for a job and runs it at once; then, while jobs keep coming, it looks every
+``batch`` seconds (sooner when a timer is due, at once when ``drain()``
+waits), runs all those queued in one go, and goes back to sleeping on the
+queue when a look finds none. A wake-up costs more than the small jobs it
+runs (the thread needs a CPU the event loop shares, and its caches are
+cold), so a shadow mirroring 20 calls a second wakes it about 11 times a
+second, not 20 (docs/benchmarks.md, "Shadowing").
+
 The queue is bounded: with ``max_pending`` jobs waiting, ``submit``
 refuses (the caller drops the mirror and counts it), so a stuck sink cannot
 grow memory without end. ``call_at`` runs a job at a monotonic time: the
@@ -31,6 +40,8 @@ log = logging.getLogger("resilient.shadow")
 
 Job = Callable[[], None]
 _TIMER: Final = object()
+#: Seconds a batch of jobs gathers before the thread runs it.
+BATCH: Final = 0.1
 
 
 class Reporter:
@@ -39,12 +50,22 @@ class Reporter:
     Args:
         max_pending: jobs allowed to wait before ``submit`` refuses (>= 1).
         clock: monotonic seconds (the timers' clock).
+        batch: seconds a batch gathers after its first job (real time; 0
+            runs each job as it comes).
     """
 
-    def __init__(self, max_pending: int = 10_000, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_pending: int = 10_000,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        batch: float = BATCH,
+    ) -> None:
         self.max_pending = max_pending
+        self.batch = batch
         self.refused = 0
         self._clock = clock
+        self._hurry = threading.Event()  # set by drain(): run the batch now
         self._queue: queue.SimpleQueue[tuple[object, float, Job]] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, Job]] = []  # this thread's alone
         self._seq = itertools.count()
@@ -75,6 +96,7 @@ class Reporter:
         done = threading.Event()
         self._ensure_started()
         self._queue.put((None, 0.0, done.set))
+        self._hurry.set()  # after the put: the batch that takes it holds it
         return done.wait(timeout)
 
     def _ensure_started(self) -> None:
@@ -88,23 +110,47 @@ class Reporter:
                     self._thread = thread
 
     def _run(self) -> None:
-        timers = self._timers
+        timers, clock = self._timers, self._clock
+        busy = False  # jobs came lately: poll every ``batch`` instead of waking on each
         while True:
-            wait = None
-            if timers:
-                wait = max(0.0, timers[0][0] - self._clock())
-            try:
-                kind, when, job = self._queue.get(timeout=wait)
-            except queue.Empty:
-                pass
+            if busy:
+                gather = self.batch if not timers else min(self.batch, timers[0][0] - clock())
+                if gather > 0:
+                    self._hurry.wait(gather)
+                self._hurry.clear()  # a drain() setting it now put its job first: it runs below
+                busy = self._take_queued()
             else:
-                if kind is _TIMER:
-                    heapq.heappush(timers, (when, next(self._seq), job))
+                wait = None
+                if timers:
+                    wait = max(0.0, timers[0][0] - clock())
+                try:
+                    item = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    pass
                 else:
-                    self._execute(job)
-            now = self._clock()
+                    busy = self._take(item) and self.batch > 0
+            now = clock()
             while timers and timers[0][0] <= now:
                 self._execute(heapq.heappop(timers)[2])
+
+    def _take_queued(self) -> bool:
+        """Take what is queued now (no more, so timers never starve); True if a job ran."""
+        ran = False
+        for _ in range(self._queue.qsize()):
+            try:
+                ran |= self._take(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return ran
+
+    def _take(self, item: tuple[object, float, Job]) -> bool:
+        """Run a job, or keep a timer for its time; True if a job ran."""
+        kind, when, job = item
+        if kind is _TIMER:
+            heapq.heappush(self._timers, (when, next(self._seq), job))
+            return False
+        self._execute(job)
+        return True
 
     def _execute(self, job: Job) -> None:
         try:

@@ -372,10 +372,17 @@ class Shadow:
             self._close(mirror)
 
     def _drop(self, trace_id: str | None, gray: str | None, reason: str) -> None:
-        record = self.judge.dropped(self._wall(), trace_id, gray, reason)
-        span = caller_span()
-        if not self._reporter.submit(functools.partial(self._keep, record, span)):
+        # The record is built on the reporter's thread: the caller only takes the time.
+        job = functools.partial(
+            self._keep_dropped, self._wall(), trace_id, gray, reason, caller_span()
+        )
+        if not self._reporter.submit(job):
             self.counts["dropped"] += 1
+
+    def _keep_dropped(
+        self, ts: float, trace_id: str | None, gray: str | None, reason: str, span: Any
+    ) -> None:
+        self._keep(self.judge.dropped(ts, trace_id, gray, reason), span)
 
     def _keep(self, record: dict[str, Any], span: Any) -> None:
         outcome = record["outcome"]
