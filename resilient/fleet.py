@@ -95,6 +95,7 @@ class FleetLink:
         "round",
         "sent",
         "sent_head",
+        "sent_mark",
         "slow",
         "store",
         "tokens_wanted",
@@ -113,6 +114,9 @@ class FleetLink:
         # Sent counts per absolute bucket number, to send only what is new.
         self.sent: dict[int, list[int]] = {}
         self.sent_head = 0  # the window's head at the last sync_out
+        # (head, sum of the counts) when they were sent: the same now means nothing new,
+        # since within one head the counts only grow (a quiet breaker's flush is cheap).
+        self.sent_mark: tuple[int, int] | None = None
         # Asked of the fleet at the next sync.
         self.manual: str | None = None
         self.trip: str | None = None
@@ -127,8 +131,10 @@ class FleetLink:
 
     def unsent(self, window: TimeWindow) -> list[tuple[int, list[int]]]:
         """Counts added since the last sync, per live bucket: (age, [4 outcome counts])."""
-        out = []
         counts, n = window.counts, window.buckets
+        if self.sent_mark == (window.head, sum(counts)):
+            return []
+        out = []
         for age in range(n):
             number = window.head - age
             start = (number % n) * KINDS
@@ -146,9 +152,11 @@ class FleetLink:
             number: counts[(number % n) * KINDS : (number % n) * KINDS + _OUTCOMES]
             for number in live
         }
+        self.sent_mark = (window.head, sum(counts))
 
     def unmark(self, outbox: Outbox, head: int) -> None:
         """A sync failed: take its counts off what was sent, to send them again."""
+        self.sent_mark = None
         for age, *delta in outbox.deltas:
             sent = self.sent.get(head - age)
             if sent is not None:

@@ -79,6 +79,20 @@ def test_sync_out_sends_each_count_once_by_bucket_age() -> None:
     assert box is not None and box.deltas == ((0, 1, 0, 0, 0),)
 
 
+def test_a_quiet_breaker_is_skipped_and_its_next_call_still_sent() -> None:
+    # sync_out skips a breaker whose window is as it was sent (same bucket, same
+    # sum); a call on the decorator's success path must still be seen as new.
+    clock = Clock()
+    br, _ = linked(clock)
+    call = br(lambda: "ok")
+    call()
+    assert br.sync_out() is not None
+    assert br.sync_out() is None
+    call()
+    box = br.sync_out()
+    assert box is not None and box.deltas == ((0, 1, 0, 0, 0),)
+
+
 def test_a_degraded_breaker_asks_the_fleet_even_when_quiet() -> None:
     clock = Clock()
     br, _ = linked(clock)
