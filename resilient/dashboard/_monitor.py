@@ -321,15 +321,21 @@ class FleetMonitor:
     # ------------------------------------------------------------------ listening
 
     async def _listen(self) -> None:
-        """Record published transitions as they come; resubscribe after a failure."""
-        import redis.asyncio as aioredis
+        """Record published transitions as they come; resubscribe after a failure.
 
+        On a Redis Cluster the subscription is on a random node (a published
+        message reaches every node), another one after that node failed.
+        """
+        from resilient.stores._redis_url import async_client, subscribed_node, subscriber
+
+        failed_on: str | None = None
         while True:
-            client = aioredis.Redis.from_url(
+            client = async_client(
                 self.redis_url, socket_connect_timeout=TIMEOUT, socket_keepalive=True
             )
+            pubsub = None
             try:
-                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with subscriber(client, avoid=failed_on) as pubsub:
                     await pubsub.psubscribe(_lua.channel_pattern(self.namespace))
                     while True:
                         message = await pubsub.get_message(timeout=1.0)
@@ -338,6 +344,7 @@ class FleetMonitor:
             except asyncio.CancelledError:
                 raise
             except Exception:  # the poll reports Redis away; here we just come back
+                failed_on = subscribed_node(pubsub)
                 await asyncio.sleep(self.interval * 2)
             finally:
                 with contextlib.suppress(Exception):
@@ -388,15 +395,7 @@ def _fields_of(view: FleetView) -> dict[str, Any]:
 
 
 def _sync_client(url: str) -> redis.Redis:
-    import redis as redis_py
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    """The poll's client: a RedisCluster for a ``redis+cluster://`` URL."""
+    from resilient.stores._control import connect
 
-    return redis_py.Redis.from_url(
-        url,
-        socket_timeout=TIMEOUT,
-        socket_connect_timeout=TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-        client_name="resilient-dashboard",
-    )
+    return connect(url, TIMEOUT, name="resilient-dashboard")

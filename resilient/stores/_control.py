@@ -402,13 +402,14 @@ async def control(
     return await asyncio.to_thread(run)
 
 
-def connect(redis_url: str, timeout: float = TIMEOUT) -> redis.Redis:
+def connect(redis_url: str, timeout: float = TIMEOUT, name: str | None = None) -> redis.Redis:
     """A synchronous client for a command: short timeouts, no retries, text replies.
 
     A ``redis+cluster://`` URL gives a ``redis.RedisCluster``: typed as
     ``redis.Redis`` here because the commands use only what both answer alike
     (SCAN over every master, SCRIPT LOAD on every master, EVALSHA and HMGET
-    routed by slot, non-transactional pipelines, one stream key).
+    routed by slot, non-transactional pipelines, one stream key). ``name``:
+    the connection's ``CLIENT SETNAME`` (a single node only).
 
     Raises:
         ValueError: a bad URL (``ConfigError`` for a bad cluster URL).
@@ -424,6 +425,7 @@ def connect(redis_url: str, timeout: float = TIMEOUT) -> redis.Redis:
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
+        **({} if name is None else {"client_name": name}),
     )
     return client
 

@@ -300,3 +300,26 @@ async def test_status_reads_the_cluster_from_redis_and_resilient_redis(
     assert await asyncio.to_thread(cli_main, [*args, "--redis", bad]) == 1
     err = capsys.readouterr().err
     assert "bad port '99999'" in err and "s3cret" not in err
+
+
+async def test_the_dashboards_monitor_reads_and_hears_a_cluster(
+    hubs: Callable[..., Any], redis_cluster_session: RedisCluster
+) -> None:
+    from resilient.dashboard import FleetMonitor
+
+    a = await hubs()
+    for name in NAMES:
+        a.breaker(name)(ok)()
+    monitor = FleetMonitor(redis_cluster_session.url, a.namespace)
+    await monitor.start()
+    try:
+        await until(lambda: monitor.names() == set(NAMES))  # every master's breakers polled
+        await until(lambda: all((monitor.row(n) or {}).get("calls") for n in NAMES))
+        breaker = a.breaker(NAMES[0])
+        while breaker.state is State.CLOSED:
+            with pytest.raises(Boom):
+                breaker(fail)()
+        # the fleet's OPEN, published on one node's channel, heard wherever it listens
+        await until(lambda: (monitor.row(NAMES[0]) or {}).get("state") == "open")
+    finally:
+        await monitor.close()
