@@ -285,33 +285,56 @@ class EtcdSource:
         async with contextlib.aclosing(client.watch_prefix(self._dir, start_revision=start)) as it:
             async for batch in it:
                 if batch.kind == "created":
-                    if batch.revision < self._revision:
+                    # A member behind what we saw is one catching up (restarted), whose
+                    # watch delivers our next revisions as it gets them, unless the
+                    # store itself went back.
+                    if batch.revision < self._revision and await self._restored(client):
                         log.warning(
-                            "resilient: etcd %s is at revision %d, behind the %d seen before "
-                            "(restored or replaced?); reloading the whole prefix",
+                            "resilient: etcd %s is at revision %d, behind the %d seen "
+                            "before (restored or replaced?); reloading the whole prefix",
                             self._prefix, batch.revision, self._revision,
                         )  # fmt: skip
                         self._needs_load = True
                         return
                     self._report_up()
                 elif batch.kind == "progress":
-                    self._revision = max(self._revision, batch.revision)
+                    # Not a revision to resume from: etcd (3.4, etcd-io/etcd#15220) can
+                    # send one while the watch is still catching up, ahead of events it
+                    # has not delivered yet; a watch resumed after it skipped them.
+                    continue
                 else:
                     self._on_events(batch)
 
+    async def _restored(self, client: EtcdClient) -> bool:
+        """A member answered from behind the revision seen: is the store itself behind?
+
+        A follower catching up (or a member just restarted) is behind too, and
+        a watch on it delivers the missed revisions once it has them; only if
+        a linearizable read (the cluster's, through the leader) is behind as
+        well was the store restored or replaced.
+        """
+        assert self._revision is not None
+        return (await client.get_prefix(self._dir)).revision < self._revision
+
     def _on_events(self, batch: WatchBatch) -> None:
+        """Apply a batch one revision at a time, in order (a watch catching up after
+        a failover sends several revisions in one batch: each is applied, once)."""
         changed = False
-        for change in batch.changes:
+        for i, change in enumerate(batch.changes):
             rel = change.key[len(self._dir) :]
             if change.value is None:
                 changed |= self._values.pop(rel, None) is not None
-                continue
-            value = self._decode(change.key, rel, change.value, change.revision)
-            if value is not None:
-                self._values[rel] = value
-                changed = True
-        if changed:
-            self._apply(batch.revision)
+            else:
+                value = self._decode(change.key, rel, change.value, change.revision)
+                if value is not None:
+                    self._values[rel] = value
+                    changed = True
+            last = i + 1 == len(batch.changes) or batch.changes[i + 1].revision != change.revision
+            if last:  # this revision's changes are all in (one transaction: several keys)
+                if changed:
+                    self._apply(change.revision)
+                    changed = False
+                self._revision = change.revision
         self._revision = batch.revision
 
     def _decode(self, key: str, rel: str, raw: bytes, revision: int) -> dict[str, Any] | None:

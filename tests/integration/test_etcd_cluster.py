@@ -22,7 +22,14 @@ import pytest
 from resilient import Hub
 from resilient.cli import main as cli_main
 from resilient.config import EtcdError
-from resilient.config._etcd_client import AetcdClient, Connection, Endpoint, parse_endpoints
+from resilient.config._etcd_client import (
+    AetcdClient,
+    Change,
+    Connection,
+    Endpoint,
+    WatchBatch,
+    parse_endpoints,
+)
 from resilient.config.document import ConfigDocument
 from resilient.config.etcd import EtcdSource, PushConflict
 from resilient.testing.clusters import EtcdCluster, EtcdMember
@@ -135,6 +142,31 @@ async def test_every_revision_is_applied_once_in_order_through_two_failovers(
     assert set(pushed) <= set(applied)  # none missed
     assert in_force == len(pushed)  # the last push is in force
     assert all(isinstance(e, EtcdError) for e in refused)  # never a conflict with itself
+
+
+def test_a_batch_of_several_revisions_is_applied_one_revision_at_a_time() -> None:
+    # What a watch catching up after a failover sends: revisions 17 (two keys, one
+    # transaction), 18 and 19 in one response. Each is applied once, in order.
+    hub = RecordingHub("batch")
+    source = EtcdSource("http://127.0.0.1:1", prefix=P)
+    source._hub = hub
+    source._revision = 16
+
+    def put(key: str, n: int, revision: int) -> Change:
+        return Change(f"{P}/{key}", json.dumps({"minimum_calls": n}).encode(), revision)
+
+    source._on_events(
+        WatchBatch(
+            "events",
+            19,
+            (put("defaults", 7, 17), put("breakers/a", 8, 17), put("defaults", 9, 18),
+             put("breakers/a", 10, 19)),
+        )
+    )  # fmt: skip
+    assert hub.applied == [17, 18, 19]
+    assert source.revision == 19
+    assert hub.breaker("a").config.minimum_calls == 10
+    assert hub.breaker("b").config.minimum_calls == 9
 
 
 class KillingClient(AetcdClient):
