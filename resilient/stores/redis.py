@@ -349,6 +349,7 @@ class RedisStore:
                 if self._connected or await self._connect():
                     ok = await self._flush()
                 else:
+                    self._gather_latency()  # into sketches: bounded, as the durations are not
                     self._failed(self._collect())  # what could not be sent is kept, bounded
                     ok = False
             except Exception:  # a bug must not stop the syncing: say so once, go on
@@ -452,8 +453,9 @@ class RedisStore:
     def _gather_latency(self) -> None:
         """Bucket the durations the breakers kept since the last flush (off their path).
 
-        On the last flush, everything: a take returns the list swapped out
-        at the take before, so a second one gets the rest.
+        Also while Redis is away, so that what waits is a sketch of bounded
+        size, not a list growing with every call. On the last flush a second
+        take gets what threads appended after the first one swapped the list.
         """
         for name, breaker in list(self._breakers.items()):
             durations = breaker.take_durations()

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +104,37 @@ def test_fleet_percentiles_of_four_processes_are_within_two_percent(
 if __name__ == "__main__":
     url, namespace, name, seed = sys.argv[1:]
     asyncio.run(work(url, namespace, name, int(seed)))
+
+
+async def test_while_redis_is_away_the_durations_wait_as_a_bounded_sketch(
+    redis_server: RedisServer,
+) -> None:
+    from resilient import Hub
+    from resilient.stores.redis import RedisStore
+
+    store = RedisStore(redis_server.url, sync_interval=0.05)
+    async with Hub("latency-away", store=store) as hub:
+        call = hub.breaker("api")(_nothing)
+        breaker: Any = hub.breaker("api")
+        await call()
+        redis_server.stop()
+        for _ in range(600):  # until the store knows Redis is away (30 s at most)
+            if breaker.snapshot().degraded:
+                break
+            await asyncio.sleep(0.05)
+        assert breaker.snapshot().degraded
+        for _ in range(2000):
+            await call()
+        for _ in range(600):  # the store's loop runs while it retries (30 s at most)
+            if not breaker._durations:
+                break
+            await asyncio.sleep(0.05)
+        assert breaker._durations == []  # taken: no list growing for the outage
+        sketch: Any = store._latency["api"]
+        assert sketch.count >= 2000  # kept, bounded
+        assert len(sketch.counts) < 50  # a few buckets, whatever the number of calls
+        redis_server.start()
+
+
+async def _nothing() -> None:
+    return None
