@@ -18,10 +18,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
 from resilient.testing._binaries import MissingBinaryError, which
+from resilient.testing.servers import _Managed
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -44,7 +44,7 @@ FLAGS: Final = (
 EXIT_WAIT: Final = 10.0  # seconds for the browser's processes to end after quit
 
 
-class Browser:
+class Browser(_Managed):
     """A headless Chromium with a fresh profile; ``driver`` is the Selenium WebDriver.
 
     Raises:
@@ -97,21 +97,6 @@ class Browser:
                 proc.kill()
             psutil.wait_procs(left, timeout=EXIT_WAIT)
             shutil.rmtree(self._profile, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Browser({self._binary!r}, running={self._driver is not None})"

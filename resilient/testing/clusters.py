@@ -40,7 +40,6 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 from resilient.testing._binaries import which
@@ -51,6 +50,7 @@ from resilient.testing.servers import (
     START_TIMEOUT,
     ServerStartError,
     _free_port,
+    _Managed,
     _Server,
 )
 
@@ -127,31 +127,6 @@ def _stop_all(nodes: Iterable[_Server]) -> None:
             continue
 
 
-class _Cluster:
-    """``with cluster:`` starts it (closing it again if the start fails) and closes it."""
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
 # -- Redis Cluster ---------------------------------------------------------------------------
 
 
@@ -220,7 +195,7 @@ class RedisClusterNode(_Node):
         return f"RedisClusterNode(port={self.port}, running={self.running}, paused={self.paused})"
 
 
-class RedisCluster(_Cluster):
+class RedisCluster(_Managed):
     """A Redis Cluster on loopback: ``masters`` masters, each with ``replicas`` replicas.
 
     Args:
@@ -566,7 +541,7 @@ class EtcdMember(_Node):
         return f"EtcdMember({self.name}, {self.endpoint!r}, running={self.running})"
 
 
-class EtcdCluster(_Cluster):
+class EtcdCluster(_Managed):
     """A static ``--initial-cluster`` etcd of ``size`` members on loopback.
 
     Args:

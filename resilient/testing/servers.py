@@ -70,7 +70,35 @@ def _free_port(exclude: set[int]) -> int:
     return port
 
 
-class _Server:
+class _Managed:
+    """``with it:`` starts it (closing it again if the start fails) and closes it after.
+
+    The lifecycle every fixture here shares: a server, a cluster, a browser.
+    """
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Server(_Managed):
     """A server process in its own temporary directory (the shared lifecycle).
 
     Subclasses build the mirakuru executor in ``_executor`` (and pick more than
@@ -212,21 +240,6 @@ class _Server:
             "stderr": subprocess.STDOUT,
             "cwd": str(self._root),
         }
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class RedisServer(_Server):
