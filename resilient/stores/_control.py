@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import math
 import socket
 from collections.abc import Mapping, Sequence
@@ -277,14 +276,7 @@ def parse_record(data: object) -> Manual | None:
     Strict, as messages are: JSON only, every field of its type; anything
     else is no record.
     """
-    doc: object = data
-    if isinstance(data, bytes | str):
-        if not data or len(data) > _RECORD_MAX:
-            return None
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return None
+    doc = _lua.json_object(data, _RECORD_MAX) if isinstance(data, bytes | str) else data
     if not isinstance(doc, Mapping):
         return None
     state, reason, actor = doc.get("state"), doc.get("reason"), doc.get("actor")
@@ -300,13 +292,8 @@ def parse_record(data: object) -> Manual | None:
 
 def record_of_message(data: bytes | str) -> Manual | None:
     """The record a published transition carries (an operator's change), or None."""
-    if len(data) > _RECORD_MAX:
-        return None
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return parse_record(doc.get("manual")) if isinstance(doc, Mapping) else None
+    doc = _lua.json_object(data, _RECORD_MAX)
+    return None if doc is None else parse_record(doc.get("manual"))
 
 
 def split_reply(reply: Sequence[object]) -> tuple[Sequence[object], object]:

@@ -30,7 +30,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from resilient.config import BreakerConfig
@@ -512,6 +512,20 @@ _MESSAGE_INTS: Final = ("trips", "generation", "calls", "failures", "slow", "tok
 _MESSAGE_MAX: Final = 4096  # bytes; about 200, up to 2 KiB with an operator's record
 
 
+def json_object(data: bytes | str, most: int) -> Mapping[str, Any] | None:
+    """``data`` as a JSON object, or None: empty, over ``most`` bytes, not JSON, not an object.
+
+    What everything read back from Redis goes through: JSON only, bounded.
+    """
+    if not data or len(data) > most:
+        return None
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, Mapping) else None
+
+
 def parse_message(data: bytes | str) -> FleetView | None:
     """A PUBLISHed transition as a FleetView, or None if it is malformed in any way.
 
@@ -522,13 +536,8 @@ def parse_message(data: bytes | str) -> FleetView | None:
     """
     from resilient.fleet import FleetView
 
-    if len(data) > _MESSAGE_MAX:
-        return None
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(doc, Mapping):
+    doc = json_object(data, _MESSAGE_MAX)
+    if doc is None:
         return None
     state = doc.get("state")
     if state not in STATES:
