@@ -94,14 +94,8 @@ class LatencySketch:
             step = -(-n // limit)  # ceil: at most ``limit`` taken
             durations = durations[::step]
         counts = self._counts
-        log, floor, ceiling = math.log, FLOOR, CEILING
-        for seconds in durations:
-            if not seconds > floor:
-                counts[ZERO] += step
-            elif seconds >= ceiling:
-                counts[_HIGHEST] += step
-            else:
-                counts[math.ceil(log(seconds) / _LOG_GAMMA)] += step
+        for index, calls in Counter(map(bucket, durations)).items():
+            counts[index] += calls * step
         self.count += step * len(durations)
 
     def merge(self, other: LatencySketch | Mapping[int, int]) -> None:
