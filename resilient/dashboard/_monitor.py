@@ -46,6 +46,7 @@ log = logging.getLogger("resilient.dashboard")
 
 INTERVAL: Final = 0.25  # seconds between polls: the page is never more than this behind
 TIMEOUT: Final = 2.0  # seconds a Redis command may take before Redis counts as away
+CLOSE_WAIT: Final = 5.0  # seconds close() waits for its loops to end
 HISTORY: Final = 20  # transitions kept per breaker
 RECENT: Final = 200  # transitions kept for the whole namespace
 
@@ -128,6 +129,9 @@ class FleetMonitor:
         self._changed = asyncio.Event()  # set and replaced at each new version
         self._poll_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by close(): the loops end at their next turn even if a library
+        # under them swallowed the cancellation (redis-py's pub/sub close can).
+        self._closing = False
         self._sync_client: redis.Redis | None = None
 
     def __repr__(self) -> str:
@@ -140,6 +144,7 @@ class FleetMonitor:
         """Poll once (so the first page is full), then keep polling and listening."""
         self._changed = asyncio.Event()
         self._poll_now = asyncio.Event()
+        self._closing = False
         await self.poll()
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name="resilient-dashboard-poll"),
@@ -150,11 +155,15 @@ class FleetMonitor:
             await self.config.start()
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
+        if self._tasks:
+            # Bounded: a pub/sub whose close hangs in the library must not hang ours.
+            await asyncio.wait(self._tasks, timeout=CLOSE_WAIT)
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled():
+                task.exception()  # seen: an error of a loop being closed is no news
         self._tasks = []
         if self.config is not None:
             await self.config.close()
@@ -215,7 +224,7 @@ class FleetMonitor:
     # ------------------------------------------------------------------ polling
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._poll_now.wait()
@@ -329,7 +338,7 @@ class FleetMonitor:
         from resilient.stores._redis_url import async_client, subscribed_node, subscriber
 
         failed_on: str | None = None
-        while True:
+        while not self._closing:
             client = async_client(
                 self.redis_url, socket_connect_timeout=TIMEOUT, socket_keepalive=True
             )
@@ -337,7 +346,7 @@ class FleetMonitor:
             try:
                 async with subscriber(client, avoid=failed_on) as pubsub:
                     await pubsub.psubscribe(_lua.channel_pattern(self.namespace))
-                    while True:
+                    while not self._closing:
                         message = await pubsub.get_message(timeout=1.0)
                         if message is not None:
                             self._on_message(message.get("channel"), message.get("data"))
