@@ -58,6 +58,6 @@ def redis_client(
     try:
         with client:
             yield client
-    except (redis_py.RedisError, OSError) as exc:
+    except (redis_py.RedisError, redis_py.exceptions.RedisClusterException, OSError) as exc:
         message = scrub(f"{type(exc).__name__}: {exc}", secrets)
         fail(EXIT_UNREACHABLE, f"Redis at {where} unreachable or refusing: {message}")

@@ -16,7 +16,9 @@ One idea: a thin aiohttp shell over a ``FleetMonitor``. Routes:
   with a token, and only with ``Authorization: Bearer <token>`` (401 without
   it, 403 for a dashboard with no token: read-only). Body (optional): JSON
   ``{"reason": "..."}``. The change goes through ``controls`` (fleet-wide,
-  audited) and the answer is the breaker's row after a fresh poll.
+  audited) and the answer is the breaker's row after a fresh poll, with
+  ``audited`` (false, and a ``warning``, when a Redis Cluster took the
+  change but not its audit entry).
 
 Bad input gets a JSON ``{"error": "..."}`` with a status saying what kind.
 """
@@ -33,11 +35,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from resilient.dashboard._auth import Token
 from resilient.dashboard._monitor import FleetMonitor
 from resilient.stores import _lua
+from resilient.stores._control import UnauditedChangeError
 
 __all__ = ["ACTIONS", "Controls", "create_app"]
 
@@ -130,17 +133,26 @@ def create_app(
         if monitor.redis_up is False:
             raise _error(web.HTTPServiceUnavailable, f"Redis at {monitor.where} is unreachable")
         actor = f"dashboard@{hostname} ({request.remote or 'unknown'})"
+        unaudited = None
         try:
             await controls(name, action, reason=reason, actor=actor)
         except ValueError as exc:
             raise _error(web.HTTPBadRequest, str(exc)) from None
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise _error(
                 web.HTTPServiceUnavailable, f"Redis at {monitor.where} refused the change"
             ) from exc
-        log.warning("resilient: dashboard: %s %s by %s: %s", action, name, actor, reason or "-")
+        except UnauditedChangeError as exc:  # a Redis Cluster's: made, not audited
+            unaudited = str(exc)
+            log.error("resilient: dashboard: %s %s by %s: %s", action, name, actor, unaudited)
+        else:
+            log.warning("resilient: dashboard: %s %s by %s: %s", action, name, actor, reason or "-")
         await monitor.poll()
-        return web.json_response({"ok": True, "action": action, "breaker": monitor.row(name)})
+        doc: dict[str, object] = {"ok": True, "action": action, "breaker": monitor.row(name)}
+        doc["audited"] = unaudited is None
+        if unaudited is not None:
+            doc["warning"] = unaudited
+        return web.json_response(doc)
 
     app.router.add_get("/", page)
     app.router.add_get("/api/breakers", breakers)

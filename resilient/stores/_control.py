@@ -8,6 +8,15 @@ if it is audited. The script PUBLISHes the change on the breaker's events
 channel with the operator's record (``manual``), and every ``RedisStore``
 applies it within milliseconds.
 
+On a Redis Cluster the breaker's keys and the stream are in two slots, which
+no one script may touch: the script runs on the breaker's slot without the
+stream and answers what the entry must say, then the entry is appended on
+its own, retried through a failover. The order is the guarantee: an entry
+never names a change that was not made, and a change can miss its entry only
+when the command dies in between or the stream's slot stays away (then
+``UnauditedChangeError``); the breaker's state hash names who, when and why
+either way, and the next change's entry names it as ``before_by``.
+
 Held: each store keeps the record of every operator state it has seen (from
 the message, or read once with ``HOLD`` when a view shows one it does not
 know). When Redis comes back from an outage the store writes its records back
@@ -29,9 +38,11 @@ redis-py raises them, for the caller to report.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import math
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -51,6 +62,7 @@ __all__ = [
     "AuditEntry",
     "Change",
     "Manual",
+    "UnauditedChangeError",
     "UnknownBreakerError",
     "apply_change",
     "audit_key",
@@ -68,8 +80,27 @@ HELD: Final = frozenset({"forced_open", "disabled"})  # the states a store holds
 TEXT_MAX: Final = 200  # characters of a reason or an actor
 AUDIT_MAXLEN: Final = 10_000  # entries kept in a namespace's audit stream (approximately)
 TIMEOUT: Final = 2.0  # seconds a control's Redis commands may take
+AUDIT_PATIENCE: Final = 10.0  # seconds a cluster's audit entry is tried for (a failover)
+AUDIT_RETRY_PAUSE: Final = 0.1  # seconds between its tries
 _RECORD_MAX: Final = 4096  # bytes of a record read back (a real one is under 2 KiB)
 UNSAID: Final = object()  # a FLUSH or READ reply: says nothing of records
+
+
+class UnauditedChangeError(Exception):
+    """On a Redis Cluster: the change is in force fleet-wide, but its audit entry is not written.
+
+    ``change`` is what is in force (``audit_id`` empty); the cause says why
+    the entry failed. Not a ``RedisError``: the change was made.
+    """
+
+    def __init__(self, change: Change, error: BaseException) -> None:
+        self.change = change
+        super().__init__(
+            f"{change.name}: {change.before or '(no state)'} -> {change.after} is in force "
+            f"fleet-wide (generation {change.generation}), but its audit entry could not be "
+            f"written ({type(error).__name__}: {error}); the breaker's state still names who "
+            "and why (resilient status)"
+        )
 
 
 class UnknownBreakerError(ValueError):
@@ -220,8 +251,10 @@ MANUAL: Final = (
     _lua._PRELUDE
     + _SET
     + r"""
--- KEYS: state hash, window hash, audit stream. ARGV: clock, state, reason, actor, channel,
+-- KEYS: state hash, window hash[, audit stream]. ARGV: clock, state, reason, actor, channel,
 -- ttl (ms, for a reset), create ('1' or ''), action, breaker name, audit maxlen.
+-- Without the audit stream (a Redis Cluster: it is in another slot) the caller
+-- appends the entry, from the reply: before, '' (no entry yet), before_reason, before_by.
 local skey, wkey, akey = KEYS[1], KEYS[2], KEYS[3]
 local ms, mreason, mactor, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if ms ~= 'closed' and ms ~= 'forced_open' and ms ~= 'disabled' then
@@ -236,12 +269,17 @@ if before[6] and before[6] == before[5] then
 end
 local mid = string.format('%.0f', math.floor(now * 1000000))
 local reply = put(skey, wkey, channel, ms, mreason, mactor, fmt(now), mid, tonumber(ARGV[6]))
-local entry = redis.call('XADD', akey, 'MAXLEN', '~', ARGV[10], '*', 'at', fmt(now),
-  'actor', mactor, 'action', ARGV[8], 'breaker', ARGV[9], 'reason', mreason,
-  'before', before[1] or '', 'after', ms, 'before_reason', before_reason,
-  'before_by', before_by, 'generation', string.format('%.0f', reply[5]))
+local entry = ''
+if akey then
+  entry = redis.call('XADD', akey, 'MAXLEN', '~', ARGV[10], '*', 'at', fmt(now),
+    'actor', mactor, 'action', ARGV[8], 'breaker', ARGV[9], 'reason', mreason,
+    'before', before[1] or '', 'after', ms, 'before_reason', before_reason,
+    'before_by', before_by, 'generation', string.format('%.0f', reply[5]))
+end
 reply[11] = before[1] or ''
 reply[12] = entry
+reply[13] = before_reason
+reply[14] = before_by
 return reply
 """
 )
@@ -323,10 +361,20 @@ def apply_change(
     actor: str | None = None,
     create: bool = False,
 ) -> Change:
-    """Put ``action`` in force for breaker ``name`` fleet-wide, and audit it (one script).
+    """Put ``action`` in force for breaker ``name`` fleet-wide, and audit it.
+
+    On one Redis, one script does both. On a Redis Cluster the breaker's keys
+    and the audit stream are in two slots: the script puts the change in
+    force on the breaker's slot, then the entry is appended (``XADD``) to the
+    stream's, tried again through a failover of that slot for up to
+    ``AUDIT_PATIENCE`` seconds. So an entry never names
+    a change that was not made; a change can be in force without its entry
+    (``UnauditedChangeError``, or a process that dies in between), and the
+    breaker's state hash still names who, when and why.
 
     Args:
-        client: a synchronous redis-py client (``decode_responses`` either way).
+        client: a synchronous redis-py client, or a ``redis.RedisCluster``
+            (``decode_responses`` either way).
         action: ``force-open``, ``disable`` or ``reset``.
         reason: why (printable, at most 200 characters; may be empty).
         actor: who (default ``user@host``).
@@ -335,8 +383,10 @@ def apply_change(
     Raises:
         UnknownBreakerError: no state of ``name`` in ``namespace`` (and not ``create``).
         ValueError: a bad name, action, reason or actor (nothing written).
-        redis.RedisError, OSError: Redis unreachable or refusing.
+        UnauditedChangeError: on a cluster, in force but not audited.
+        redis.RedisError, OSError: Redis unreachable or refusing (nothing written).
     """
+    from redis.cluster import RedisCluster
     from redis.exceptions import ResponseError
 
     from resilient.config import BreakerConfig
@@ -351,18 +401,52 @@ def apply_change(
     ttl = _lua.ttl_ms(BreakerConfig(), 1.0, 10)
     args = ["", ACTIONS[action], reason, who, keys.channel, ttl, "1" if create else ""]
     args += [action, name, AUDIT_MAXLEN]
+    cluster = isinstance(client, RedisCluster)
+    script_keys = [keys.state, keys.window] + ([] if cluster else [audit_key(namespace)])
     try:
-        reply = _evalsha(client, MANUAL, MANUAL_SHA, 3, keys.state, keys.window,
-                         audit_key(namespace), *args)  # fmt: skip
+        reply = _evalsha(client, MANUAL, MANUAL_SHA, len(script_keys), *script_keys, *args)
     except ResponseError as exc:
         if "UNKNOWN breaker" not in str(exc):
             raise
         raise UnknownBreakerError(namespace, name, _near(client, namespace, name)) from None
     view = _lua.parse_reply(reply[:9])
     assert view is not None
-    before = _text(reply[10])
-    return Change(name, action, before or None, view.state, reason, who, view.now,
-                  view.generation, _text(reply[11]))  # fmt: skip
+    change = Change(name, action, _text(reply[10]) or None, view.state, reason, who, view.now,
+                    view.generation, _text(reply[11]))  # fmt: skip
+    if not cluster:
+        return change
+    entry = {"at": _text(reply[2]), "actor": who, "action": action, "breaker": name,
+             "reason": reason, "before": change.before or "", "after": change.after,
+             "before_reason": _text(reply[12]), "before_by": _text(reply[13]),
+             "generation": str(change.generation)}  # fmt: skip
+    try:
+        audit_id = _append(client, audit_key(namespace), entry)
+    except Exception as exc:  # whatever stopped it, the change is in force: say so
+        raise UnauditedChangeError(change, exc) from exc
+    return dataclasses.replace(change, audit_id=audit_id)
+
+
+def _append(client: redis.Redis, key: str, entry: dict[str, str]) -> str:
+    """``XADD`` ``entry`` to ``key``, tried again through a failover of its slot
+    (for ``AUDIT_PATIENCE`` seconds); an error Redis answers is not tried again.
+
+    A try whose answer was lost may have written it: the entry can then be
+    there twice (the same generation).
+    """
+    from redis.exceptions import ClusterError, RedisClusterException
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    passing = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException)
+    end = time.monotonic() + AUDIT_PATIENCE
+    while True:
+        try:
+            ident = client.xadd(key, entry, maxlen=AUDIT_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            return _text(ident)
+        except (*passing, OSError):
+            if time.monotonic() >= end:
+                raise
+            time.sleep(AUDIT_RETRY_PAUSE)
 
 
 async def control(
@@ -451,9 +535,8 @@ def _evalsha(client: redis.Redis, source: str, sha: str, *args: Any) -> list[Any
 
     try:
         reply: list[Any] = client.evalsha(sha, *args)
-    except NoScriptError:
-        client.script_load(source)
-        reply = client.evalsha(sha, *args)
+    except NoScriptError:  # EVAL, not SCRIPT LOAD: that goes to every master of a cluster
+        reply = client.eval(source, *args)
     return reply
 
 

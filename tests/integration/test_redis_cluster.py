@@ -323,3 +323,147 @@ async def test_the_dashboards_monitor_reads_and_hears_a_cluster(
         await until(lambda: (monitor.row(NAMES[0]) or {}).get("state") == "open")
     finally:
         await monitor.close()
+
+
+# ------------------------------------------------------------------ operators' controls
+
+
+def _apart(cluster: RedisCluster, namespace: str) -> str:
+    """A breaker name whose slot's master is not the audit stream's."""
+    from resilient.stores import _control
+
+    audit_master = cluster.owner(_control.audit_key(namespace)).master
+    for name in NAMES:
+        if cluster.owner(_lua.keys_for(namespace, name).state).master is not audit_master:
+            return name
+    raise AssertionError("every name on the audit stream's master")
+
+
+async def test_operator_controls_reach_every_process_and_are_audited_on_a_cluster(
+    hubs: Callable[..., Any],
+    redis_cluster_session: RedisCluster,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from resilient.cli import main as cli_main
+
+    a, b = await hubs(), await hubs()
+    name = _apart(redis_cluster_session, a.namespace)
+    for hub in (a, b):
+        hub.breaker(name)(ok)()
+    key = _lua.keys_for(a.namespace, name).state
+    with redis_cluster_session.client(decode_responses=True) as client:
+        await until(lambda: client.hget(key, "state") == "closed")
+    base = ["--redis", redis_cluster_session.url, "--namespace", a.namespace]
+    force = ["breaker", "force-open", name, *base, "--reason", "INC-1", "--actor", "alice@ops"]
+    assert await asyncio.to_thread(cli_main, force) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and f"{name}: closed -> forced_open" in out and "NOT" not in out
+    await until(lambda: {a.breaker(name).state, b.breaker(name).state} == {State.FORCED_OPEN})
+    with pytest.raises(CircuitOpenError):
+        b.breaker(name)(ok)()
+    reset = ["breaker", "reset", name, *base, "--json", "--actor", "bob@ops"]
+    assert await asyncio.to_thread(cli_main, reset) == 0
+    change = json.loads(capsys.readouterr().out)
+    assert (change["before"], change["after"]) == ("forced_open", "closed")
+    assert change["audit_id"]
+    await until(lambda: {a.breaker(name).state, b.breaker(name).state} == {State.CLOSED})
+    assert b.breaker(name)(ok)() == "ok"
+
+    assert await asyncio.to_thread(cli_main, ["audit", *base, "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)["entries"]
+    assert [
+        (e["action"], e["breaker"], e["before"], e["after"], e["actor"], e["reason"])
+        for e in entries
+    ] == [
+        ("force-open", name, "closed", "forced_open", "alice@ops", "INC-1"),
+        ("reset", name, "forced_open", "closed", "bob@ops", ""),
+    ]
+    assert entries[1]["id"] == change["audit_id"]
+    assert (entries[1]["before_reason"], entries[1]["before_by"]) == ("INC-1", "alice@ops")
+    assert entries[1]["generation"] == entries[0]["generation"] + 1
+    assert entries[0]["at"] <= entries[1]["at"]
+    # A typo is still caught, by a scan of every master.
+    typo = ["breaker", "disable", name + "x", *base]
+    assert await asyncio.to_thread(cli_main, typo) == 1
+    assert f"did you mean '{name}'" in capsys.readouterr().err
+
+
+async def test_the_dashboards_controls_on_a_cluster(
+    hubs: Callable[..., Any], redis_cluster_session: RedisCluster
+) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    from resilient.dashboard import FleetMonitor, Token, create_app
+    from resilient.dashboard._command import fleet_controls
+    from resilient.stores import _control
+
+    a = await hubs()
+    name = _apart(redis_cluster_session, a.namespace)
+    a.breaker(name)(ok)()
+    url, token = redis_cluster_session.url, "t0ken-on-a-cluster"
+    monitor = FleetMonitor(url, a.namespace)
+    controls = fleet_controls(url, a.namespace)
+    app = create_app(monitor, token=Token(token), controls=controls)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        await until(lambda: monitor.row(name) is not None)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://{host}:{port}/api/breakers/{name}/disable",
+                json={"reason": "load test"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            doc = await resp.json()
+        assert doc["audited"] is True and doc["breaker"]["state"] == "disabled"
+        await until(lambda: a.breaker(name).state is State.DISABLED)
+    finally:
+        await runner.cleanup()
+    with redis_cluster_session.client(decode_responses=True) as client:
+        ((_, entry),) = client.xrange(_control.audit_key(a.namespace))
+    assert (entry["action"], entry["after"]) == ("disable", "disabled")
+    assert entry["reason"] == "load test"
+    assert entry["actor"].startswith("dashboard@")
+
+
+def test_a_change_is_in_force_before_its_audit_entry_on_a_cluster(
+    redis_cluster_session: RedisCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The audit entry cannot be written (its key holds a string): the change is made
+    all the same, and the command says it is not audited."""
+    from resilient.cli import main as cli_main
+    from resilient.stores import _control
+
+    cluster = redis_cluster_session
+    namespace = f"unaudited{time.monotonic_ns()}"
+    name = _apart(cluster, namespace)
+    key, audit = _lua.keys_for(namespace, name).state, _control.audit_key(namespace)
+    with cluster.client(decode_responses=True) as client:
+        client.hset(key, mapping={"state": "closed", "generation": 7})
+        client.set(audit, "not a stream")
+    args = ["breaker", "force-open", name, "--redis", cluster.url, "--namespace", namespace,
+            "--reason", "INC-3", "--actor", "carol@ops"]  # fmt: skip
+    code = cli_main(args)
+    out, err = capsys.readouterr()
+    assert code == 3, err
+    assert f"{name}: closed -> forced_open" in out and "NOT written" in out, err
+    assert "in force fleet-wide (generation 8), but its audit entry could not be" in err
+    assert "WRONGTYPE" in err
+    with cluster.client(decode_responses=True) as client:
+        state = client.hgetall(key)
+        assert (state["state"], state["manual_reason"], state["manual_by"]) == (
+            "forced_open", "INC-3", "carol@ops",
+        )  # fmt: skip
+        client.delete(audit)
+    # The next change's entry names what it replaced, the unaudited one included.
+    with _control.connect(cluster.url) as client:
+        change = _control.apply_change(client, namespace, name, "reset", actor="dave@ops")
+        (entry,) = _control.read_audit(client, namespace)
+    assert change.audit_id == entry.id and (entry.before, entry.after) == ("forced_open", "closed")
+    assert (entry.before_reason, entry.before_by) == ("INC-3", "carol@ops")

@@ -317,7 +317,10 @@ async function control(action) {
       body: JSON.stringify({ reason: $("reason").value }),
     });
     const body = await response.json().catch(() => ({}));
-    if (response.ok) {
+    if (response.ok && body.audited === false) {
+      out.className = "error";
+      out.textContent = action + " " + selected + ": done, fleet-wide, NOT audited: " + body.warning;
+    } else if (response.ok) {
       out.textContent = action + " " + selected + ": done, fleet-wide (audited)";
     } else {
       out.className = "error";
