@@ -78,7 +78,7 @@ def redis_url(url: str | None) -> Iterator[tuple[str, Any]]:
 # they never cross the network. A client's commands are everything else.
 IN_SCRIPTS = {"time", "hmget", "hset", "hdel", "hgetall", "hincrby", "del", "pexpire",
               "persist", "publish", "hget", "hkeys", "xadd", "zadd", "zrangebyscore",
-              "zrem"}  # fmt: skip
+              "zrem", "hexists"}  # fmt: skip
 OURS = {"config|resetstat", "info"}  # the bench's own
 
 

@@ -14,6 +14,7 @@ or errors. The live table is in ``cli/_watch.py``.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import redis
 
     from resilient.sketch import LatencySketch
+    from resilient.stores._presence import NamesCache
 
 __all__ = ["read_fleet", "read_states", "status"]
 
@@ -61,7 +63,10 @@ def status(
     if not watch and (count is not None or interval != 1.0):
         fail(EXIT_USAGE, "--interval and --count go with --watch")
     if watch:
-        watch_live(redis_url, namespace, names, interval, count, read=read_fleet)
+        from resilient.stores._presence import NamesCache
+
+        read = functools.partial(read_fleet, names_cache=NamesCache())
+        watch_live(redis_url, namespace, names, interval, count, read=read)
         return
     with redis_client(redis_url, namespace, names or []) as client:
         rows, processes = read_fleet(client, namespace, names)
@@ -78,21 +83,30 @@ def status(
 
 
 def read_states(
-    client: redis.Redis, namespace: str, names: list[str] | None = None
+    client: redis.Redis,
+    namespace: str,
+    names: list[str] | None = None,
+    *,
+    names_cache: NamesCache | None = None,
 ) -> list[dict[str, Any]]:
     """The state of each breaker (all of ``namespace`` if ``names`` is None), by name."""
-    return read_fleet(client, namespace, names)[0]
+    return read_fleet(client, namespace, names, names_cache=names_cache)[0]
 
 
 def read_fleet(
-    client: redis.Redis, namespace: str, names: list[str] | None = None
+    client: redis.Redis,
+    namespace: str,
+    names: list[str] | None = None,
+    *,
+    names_cache: NamesCache | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The breakers' states (as ``read_states``) and the live processes, by id.
 
-    A row's ``processes`` is the number of live processes that list the
-    breaker in their presence entry (None when no process of the namespace
-    has one), ``processes_degraded`` those of them on local state for it
-    (they said so, or they are silent).
+    A row's ``processes`` is the number of live processes that have the
+    breaker (None when no process of the namespace has a presence entry),
+    ``processes_degraded`` those of them on local state for it (they said
+    so, or they are silent). ``names_cache``: for a reader that reads again
+    and again, so that a process's names record is read once.
     """
     from resilient.stores import _lua, _presence
 
@@ -106,7 +120,7 @@ def read_fleet(
     seconds, micros = client.time()  # the clock the latency and presence fields were written by
     now = seconds + micros / 1e6
     present = client.hgetall(_presence.presence_key(namespace))
-    processes = _presence.parse(present, now)
+    processes = _presence.with_names(client, namespace, _presence.parse(present, now), names_cache)
     if not names:
         return [], [p.to_dict() for p in processes]
     sha = client.script_load(_lua.READ)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -113,8 +114,10 @@ class FleetMonitor:
         self._secrets = url_secrets(redis_url)
         if read_states is None:
             from resilient.cli.status import read_states as default_reader
+            from resilient.stores._presence import NamesCache
 
-            read_states = default_reader
+            # One cache for this monitor's polls: a process's names record is read once.
+            read_states = functools.partial(default_reader, names_cache=NamesCache())
         self._read = read_states
         # Loop-side state.
         self.run = secrets.token_hex(4)  # tells this run's versions from an earlier one's

@@ -17,6 +17,16 @@ ended). A process that reaches the presence key but not some of its breakers
 (a Redis Cluster node lost, a refused script) lists those breakers as
 degraded.
 
+An entry lists the first ``NAMES_MAX`` characters of its breaker names. A
+process with more writes all of them, once, to a names record in the hash
+``resilient:{<namespace>}:processes:names`` (same slot), and its entry names
+the record (``names_id``, a digest of the names); the record is written again
+only when the names change (at most every ``RECORD_EVERY`` seconds) or Redis
+lost it, so the write every ``EVERY`` seconds stays one small command. The
+script never writes an entry naming a record Redis does not hold (it answers
+-1 and the store sends the record with its next write); readers check the
+digest, and a repeated reader (``NamesCache``) reads a record only once.
+
 Time is Redis ``TIME`` (the script stamps ``seen``), so process clocks never
 matter. Entries are JSON, parsed strictly and bounded (``ENTRY_MAX``); a
 malformed one is skipped, never evaluated.
@@ -24,6 +34,8 @@ malformed one is skipped, never evaluated.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -32,9 +44,12 @@ import secrets
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from resilient.stores import _lua
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = [
     "EVERY",
@@ -42,20 +57,26 @@ __all__ = [
     "SILENT_AFTER",
     "WRITE",
     "WRITE_SHA",
+    "NamesCache",
     "Process",
     "body",
     "counts",
     "expiry_key",
+    "names_key",
+    "names_record",
     "parse",
     "presence_key",
     "process_id",
+    "with_names",
 ]
 
 EVERY: Final = 2.0  # seconds between a process's writes (its sync_interval if longer)
 SILENT_AFTER: Final = 1.5  # refresh periods late: silent (unreachable from Redis's side, or dead)
 GONE_AFTER: Final = 3.0  # refresh periods late: gone (skipped, and deleted by the next write)
-NAMES_MAX: Final = 8192  # characters of breaker names one entry lists (the rest only counted)
+NAMES_MAX: Final = 8192  # characters of breaker names one entry lists (the rest: its record)
 ENTRY_MAX: Final = 32768  # bytes of an entry a reader takes (a full one is under 18 KiB)
+RECORD_MAX: Final = 4 << 20  # bytes of a names record (20,000 names of 200 characters)
+RECORD_EVERY: Final = 10.0  # seconds between a process's records, unless Redis has none
 CLEAN_MAX: Final = 100  # gone entries one write deletes at most
 KEY_TTL: Final = 60.0  # seconds both keys outlive the last write of any process
 
@@ -76,6 +97,11 @@ def presence_key(namespace: str) -> str:
     return f"{_lua.PREFIX}:{{{namespace}}}:processes"
 
 
+def names_key(namespace: str) -> str:
+    """The hash of names records: every breaker name of a process whose entry lists only some."""
+    return f"{_lua.PREFIX}:{{{namespace}}}:processes:names"
+
+
 def expiry_key(namespace: str) -> str:
     """The sorted set of process ids by the Redis time their entry is gone at."""
     return f"{_lua.PREFIX}:{{{namespace}}}:processes:gone"
@@ -87,10 +113,24 @@ def process_id() -> str:
     return f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-# KEYS: presence hash, expiry set. ARGV: process id, entry JSON (an object, no "seen"),
-# seconds until the entry is gone.
+# KEYS: presence hash, expiry set, names hash. ARGV: process id, entry JSON (an object,
+# no "seen"), seconds until the entry is gone, the entry's names_id ('' if none), the
+# names record ('' if not sent). An entry never names a record Redis does not hold: with
+# a names_id and no record, the previous entry must have had the same names_id (the two
+# are only ever written together, here), else nothing is written and -1 is answered.
 WRITE: Final = (
     r"""
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+elseif ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+else
+  local prev = redis.call('HGET', KEYS[1], ARGV[1])
+  if not prev or not string.find(prev, '"names_id":"' .. ARGV[4] .. '"', 1, true)
+      or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
+    return -1
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('%.6f', now),
@@ -100,6 +140,7 @@ local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('%.6f', 
 for _, id in ipairs(gone) do
   if id ~= ARGV[1] then
     redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
     redis.call('ZREM', KEYS[2], id)
   end
 end
@@ -110,6 +151,7 @@ local ttl = math.ceil((tonumber(ARGV[3]) + """
     + r""") * 1000)
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
 return #gone
 """
 )
@@ -123,11 +165,13 @@ def body(
     degraded: Iterable[str],
     outage: tuple[float, float] | None,
     version: str,
+    names_id: str = "",
 ) -> str:
     """The entry's JSON, without ``seen`` (the script stamps it).
 
     ``outage``: the last outage this process lived through, (seconds it
-    lasted, seconds since it ended), or None.
+    lasted, seconds since it ended), or None. ``names_id``: the id of the
+    names record Redis holds for this process (``names_record``), or ``''``.
     """
     listed, more = _bounded(sorted(names))
     bad, bad_more = _bounded(sorted(degraded))
@@ -137,11 +181,28 @@ def body(
         "breakers": len(listed) + more,
         "names": listed,
         "more": more,
+        "names_id": names_id or None,
         "degraded": bad,
         "degraded_more": bad_more,
         "outage": None if outage is None else [round(outage[0], 3), round(outage[1], 3)],
     }
     return json.dumps(doc, separators=(",", ":"))
+
+
+def names_record(names: Iterable[str]) -> tuple[str, str]:
+    """(id, JSON) of the record of every name, for a process whose entry cannot list them
+    all; ``('', '')`` when the entry can, or the record would pass ``RECORD_MAX``."""
+    ordered = sorted(names)
+    if not _bounded(ordered)[1]:
+        return "", ""
+    ident = names_digest(ordered)
+    text = json.dumps({"id": ident, "names": ordered}, separators=(",", ":"))
+    return ("", "") if len(text) > RECORD_MAX else (ident, text)
+
+
+def names_digest(ordered: list[str]) -> str:
+    """A record's id: 16 hex digits of a BLAKE2b of the sorted names, one a line."""
+    return hashlib.blake2b("\n".join(ordered).encode(), digest_size=8).hexdigest()
 
 
 def _bounded(names: list[str]) -> tuple[list[str], int]:
@@ -169,6 +230,7 @@ class Process:
     degraded: frozenset[str]  # its breakers on local state, as it last said
     degraded_count: int
     outage: tuple[float, float] | None  # (seconds, Redis time it ended) of its last outage
+    names_id: str = ""  # the id of its names record, when its entry lists only some names
 
     @property
     def silent(self) -> bool:
@@ -223,6 +285,7 @@ def _entry(ident: str, value: object, now: float) -> Process | None:
         more, bad_more, breakers = int(doc["more"]), int(doc["degraded_more"]), int(doc["breakers"])
         outage = doc.get("outage")
         version = str(doc.get("version", ""))[:40]
+        names_id = doc.get("names_id") or ""
     except (ValueError, TypeError, KeyError):
         return None
     if not (
@@ -231,6 +294,8 @@ def _entry(ident: str, value: object, now: float) -> Process | None:
         and isinstance(names, list)
         and isinstance(degraded, list)
         and all(isinstance(n, str) for n in (*names, *degraded))
+        and isinstance(names_id, str)
+        and len(names_id) <= 32
     ):
         return None
     age = max(0.0, now - seen)
@@ -254,7 +319,70 @@ def _entry(ident: str, value: object, now: float) -> Process | None:
         degraded=frozenset(degraded),
         degraded_count=len(degraded) + bad_more,
         outage=ended,
+        names_id=names_id if more else "",
     )
+
+
+class NamesCache:
+    """The names records a repeated reader has already read, by process id.
+
+    Not thread-safe: one per reader (``status --watch``, a dashboard's monitor).
+    """
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[str, frozenset[str]]] = {}  # id -> (names_id, names)
+
+
+def with_names(
+    client: redis.Redis,
+    namespace: str,
+    processes: list[Process],
+    cache: NamesCache | None = None,
+) -> list[Process]:
+    """``processes`` with every breaker name of those whose entry lists only some.
+
+    Reads (one ``HMGET``) only the records not in ``cache``. A record that is
+    missing, malformed or not the one its entry names leaves that process as
+    it was (``complete`` false: counted only in the rows of the names listed).
+    """
+    known = {} if cache is None else cache._known
+    wanted = [p for p in processes if p.names_id and known.get(p.id, ("",))[0] != p.names_id]
+    if wanted:
+        raw = client.hmget(names_key(namespace), [p.id for p in wanted])
+        for p, text in zip(wanted, raw, strict=True):
+            names = _record(text, p.names_id)
+            if names is not None:
+                known[p.id] = (p.names_id, names)
+    found = []
+    for p in processes:
+        entry = known.get(p.id)
+        if p.names_id and entry is not None and entry[0] == p.names_id:
+            p = dataclasses.replace(p, names=p.names | entry[1], complete=True)
+        found.append(p)
+    if cache is not None:  # forget the processes gone, and records replaced
+        live = {p.id: p.names_id for p in processes}
+        for ident in [i for i, (n, _) in known.items() if live.get(i) != n]:
+            del known[ident]
+    return found
+
+
+def _record(text: object, names_id: str) -> frozenset[str] | None:
+    """The names of a record (JSON, at most ``RECORD_MAX`` bytes) whose id is ``names_id``
+    and whose names hash to it, or None."""
+    if not isinstance(text, bytes | str) or len(text) > RECORD_MAX:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("id") != names_id:
+        return None
+    names = doc.get("names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return frozenset(names) if names_digest(names) == names_id else None
 
 
 def counts(processes: Iterable[Process], name: str) -> tuple[int, int]:

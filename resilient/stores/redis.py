@@ -189,6 +189,9 @@ class RedisStore:
         self._process_id = _presence.process_id()
         self._presence_at = -math.inf
         self._presence_said: tuple[int, frozenset[str]] = (0, frozenset())
+        # Our names record: the id Redis holds ('' none, or not known), when last sent.
+        self._names_held = ""
+        self._names_at = -math.inf
         self._degraded: set[str] = set()  # breakers deciding on local state (as sync_failed)
         self._last_outage: tuple[float, float] | None = None  # (seconds, ended at, monotonic)
         self._runner: asyncio.Task[None] | None = None
@@ -296,6 +299,7 @@ class RedisStore:
             self._apply(name, view, now)
         self._refresh.update(self._breakers)  # those with no state yet, and any missed
         self._presence_at = -math.inf  # say we are here (again) in the next flush
+        self._names_held = ""  # and send our names record with it, if we have one
         self._connected = True
         self._start_listener()
         return True
@@ -436,19 +440,38 @@ class RedisStore:
             outage = (self._last_outage[0], now - self._last_outage[1])
         else:
             outage = None
+        names = list(self._breakers)
+        names_id, record = _presence.names_record(names)
+        if names_id == self._names_held:
+            record = ""  # Redis has it
+        elif names_id and self._names_held and now - self._names_at < _presence.RECORD_EVERY:
+            names_id, record = self._names_held, ""  # the last one, a while longer
         entry = _presence.body(
-            every=every, names=list(self._breakers), degraded=said[1], outage=outage,
-            version=_presence.VERSION,
+            every=every, names=names, degraded=said[1], outage=outage,
+            version=_presence.VERSION, names_id=names_id,
         )  # fmt: skip
         self._presence_at, self._presence_said = now, said
+        if record:
+            self._names_at = now
         args = [
             _presence.presence_key(self._ns),
             _presence.expiry_key(self._ns),
+            _presence.names_key(self._ns),
             self._process_id,
             entry,
             f"{_presence.GONE_AFTER * every:.3f}",
+            names_id,
+            record,
         ]
         return [("(presence)", _lua.Keys(self._ns, "processes"), _presence.WRITE_SHA, args)]
+
+    def _presence_written(self, args: list[Any], reply: object) -> None:
+        """What Redis holds of our names after a ``WRITE``: the record it has, or none
+        (-1: the entry named one Redis lost; write again, with the record, next flush)."""
+        if reply == -1:
+            self._names_held, self._presence_at = "", -math.inf
+        else:
+            self._names_held = args[6]
 
     def _gather_latency(self) -> None:
         """Bucket the durations the breakers kept since the last flush (off their path).
@@ -504,10 +527,12 @@ class RedisStore:
     def _take(self, calls: list[_Call], replies: list[Any], now: float) -> set[str]:
         """Apply each reply's view (and record); the names answered."""
         answered = set()
-        for (name, _, sha, _), reply in zip(calls, replies, strict=True):
+        for (name, _, sha, args), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 self._log_once("reply", "resilient: Redis refused a sync of %r: %s", name, reply)
                 continue
+            if sha == _presence.WRITE_SHA:
+                self._presence_written(args, reply)
             if sha in (_lua.LATENCY_SHA, _presence.WRITE_SHA):  # they answer only that they ran
                 answered.add(name)
                 continue
@@ -727,8 +752,8 @@ def _evalsha(target: Any, sha: str, keys: _lua.Keys, args: list[Any]) -> Any:
         return target.evalsha(sha, 3, keys.state, keys.window, keys.latency, *args)
     if sha == _lua.LATENCY_SHA:
         return target.evalsha(sha, 1, keys.latency, *args)
-    if sha == _presence.WRITE_SHA:  # its two keys (the namespace's) lead ARGV
-        return target.evalsha(sha, 2, *args)
+    if sha == _presence.WRITE_SHA:  # its three keys (the namespace's) lead ARGV
+        return target.evalsha(sha, 3, *args)
     return target.evalsha(sha, 2, keys.state, keys.window, *args)
 
 

@@ -74,9 +74,14 @@ async def hubs(server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
 def dead_process(server: RedisServer, namespace: str, ident: str, every: float) -> None:
     """An entry as a process writes it, from a process that then never writes again."""
     entry = _presence.body(every=every, names=["dep"], degraded=[], outage=None, version="x")
-    keys = (_presence.presence_key(namespace), _presence.expiry_key(namespace))
+    keys = (
+        _presence.presence_key(namespace),
+        _presence.expiry_key(namespace),
+        _presence.names_key(namespace),
+    )
     with server.client() as client:
-        client.eval(_presence.WRITE, 2, *keys, ident, entry, f"{_presence.GONE_AFTER * every}")
+        gone_in = f"{_presence.GONE_AFTER * every}"
+        client.eval(_presence.WRITE, 3, *keys, ident, entry, gone_in, "", "")
 
 
 async def test_presence_counts_processes_per_breaker_and_a_closed_one_leaves(
@@ -120,6 +125,71 @@ async def test_an_entry_not_refreshed_goes_silent_then_gone_and_is_cleaned(
         await until(lambda: not client.hexists(key, "gone:1:aaaaaa"))
         assert client.zscore(_presence.expiry_key("ops"), "gone:1:aaaaaa") is None
         assert 0 < client.pttl(key) <= 70_000  # the hash outlives the last writer by about 60 s
+
+
+async def test_a_process_with_thousands_of_breakers_is_counted_in_every_row(
+    hubs: Callable[..., Any], server: RedisServer
+) -> None:
+    """3,000 breakers of 40 characters: 129 KB of names, far past an entry's 8 KiB."""
+    names = [f"svc-{i:05d}.{'x' * 30}" for i in range(3000)]
+    assert {len(n) for n in names} == {40}
+    big, small = await hubs("many"), await hubs("many")
+    for name in names:
+        big.breaker(name)(lambda: 1)()
+    for name in names[-100:]:  # past the first 8 KiB of big's names; small's fit its entry
+        small.breaker(name)(lambda: 1)()
+    expected = {n: 1 for n in names} | {n: 2 for n in names[-100:]}
+
+    def counted(rows: dict[str, Any]) -> dict[str, Any]:
+        return {n: r["processes"] for n, r in rows.items()}
+
+    await until(lambda: counted(fleet(server, "many")[0]) == expected, bound=30.0)
+    _, processes = fleet(server, "many")
+    assert sorted(p["breakers"] for p in processes.values()) == [100, 3000]
+    key = _presence.names_key("many")
+    with server.client(decode_responses=True) as client:
+        (big_id,) = client.hkeys(key)  # small's names fit in its entry: no record
+        record = client.hget(key, big_id)
+        entry = json.loads(client.hget(_presence.presence_key("many"), big_id))
+        assert entry["more"] > 0 and len(entry["names"]) < 300
+        assert json.loads(record) == {"id": entry["names_id"], "names": names}
+
+        # A record that is not the one its entry names is not believed; a reader's
+        # cache keeps what it read.
+        cache = _presence.NamesCache()
+        with _control.connect(server.url) as reader:
+            assert (
+                counted({r["name"]: r for r in read_fleet(reader, "many", names_cache=cache)[0]})
+                == expected
+            )
+            client.hset(key, big_id, record.replace(names[-1], "svc-other"))
+            rows = {r["name"]: r for r in read_fleet(reader, "many")[0]}
+            assert rows[names[-1]]["processes"] == 1 and rows[names[0]]["processes"] == 1
+            cached = read_fleet(reader, "many", names_cache=cache)[0]
+            assert counted({r["name"]: r for r in cached}) == expected
+
+        # A record Redis lost is written again: the next entry write is refused (-1)
+        # and the store sends its record with the one after.
+        client.hdel(key, big_id)
+        await until(lambda: client.hget(key, big_id) == record)
+        assert counted(fleet(server, "many")[0]) == expected
+        # And it is not sent with every write: a record marked here outlives two writes.
+        client.hset(key, big_id, record + " ")
+        seen = json.loads(client.hget(_presence.presence_key("many"), big_id))["seen"]
+
+        def written_twice() -> bool:
+            raw = client.hget(_presence.presence_key("many"), big_id)
+            return bool(raw) and json.loads(raw)["seen"] > seen + _presence.EVERY
+
+        await until(written_twice)
+        assert client.hget(key, big_id) == record + " "
+    await big.close()
+    await until(
+        lambda: (
+            counted(fleet(server, "many")[0])
+            == {n: 1 for n in names[-100:]} | {n: 0 for n in names[:-100]}
+        )
+    )
 
 
 async def test_a_breaker_redis_refuses_is_listed_degraded(server: RedisServer) -> None:
