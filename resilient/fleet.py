@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["FleetLink", "FleetView", "Outbox", "StoreLink"]
 
 _OUTCOMES = SLOW_FAILURE + 1  # success, slow success, failure, slow failure: a bucket's first cells
+_EVERY = -(2**63)  # ``sent_from`` when any live bucket may hold unsent counts
 
 
 class StoreLink(Protocol):
@@ -94,6 +95,7 @@ class FleetLink:
         "probe_slow",
         "round",
         "sent",
+        "sent_from",
         "sent_head",
         "sent_mark",
         "slow",
@@ -113,6 +115,10 @@ class FleetLink:
         self.calls = self.failures = self.slow = 0
         # Sent counts per absolute bucket number, to send only what is new.
         self.sent: dict[int, list[int]] = {}
+        # The oldest bucket that may hold unsent counts: a window adds only to its
+        # head, so every bucket older than the head at the last mark is as sent
+        # (until a failed sync takes its counts back: then every live bucket).
+        self.sent_from = _EVERY
         self.sent_head = 0  # the window's head at the last sync_out
         # (head, sum of the counts) when they were sent: the same now means nothing new,
         # since within one head the counts only grow (a quiet breaker's flush is cheap).
@@ -131,32 +137,42 @@ class FleetLink:
 
     def unsent(self, window: TimeWindow) -> list[tuple[int, list[int]]]:
         """Counts added since the last sync, per live bucket: (age, [4 outcome counts])."""
-        counts, n = window.counts, window.buckets
-        if self.sent_mark == (window.head, sum(counts)):
+        counts, n, head = window.counts, window.buckets, window.head
+        if self.sent_mark == (head, sum(counts)):
             return []
         out = []
-        for age in range(n):
-            number = window.head - age
+        sent = self.sent
+        for age in range(head - max(self.sent_from, head - n + 1) + 1):  # newest first
+            number = head - age
             start = (number % n) * KINDS
             now = counts[start : start + _OUTCOMES]
-            before = self.sent.get(number)
+            before = sent.get(number)
             delta = now if before is None else [a - b for a, b in zip(now, before, strict=True)]
             if any(delta):
                 out.append((age, delta))
         return out
 
-    def mark_sent(self, window: TimeWindow) -> None:
-        counts, n = window.counts, window.buckets
-        live = range(window.head - n + 1, window.head + 1)
-        self.sent = {
-            number: counts[(number % n) * KINDS : (number % n) * KINDS + _OUTCOMES]
-            for number in live
-        }
-        self.sent_mark = (window.head, sum(counts))
+    def mark_sent(self, window: TimeWindow, *, since_last: bool = False) -> None:
+        """Everything in ``window`` is sent. ``since_last``: the window is the one
+        last marked, so only its buckets from that mark's head on are read again."""
+        counts, n, head = window.counts, window.buckets, window.head
+        oldest = head - n + 1
+        if not since_last:
+            self.sent, self.sent_from = {}, _EVERY
+        sent = self.sent
+        for number in range(max(self.sent_from, oldest), head + 1):
+            start = (number % n) * KINDS
+            sent[number] = counts[start : start + _OUTCOMES]
+        if len(sent) > n:  # buckets gone out of the window
+            for number in [k for k in sent if k < oldest]:
+                del sent[number]
+        self.sent_from = head
+        self.sent_mark = (head, sum(counts))
 
     def unmark(self, outbox: Outbox, head: int) -> None:
         """A sync failed: take its counts off what was sent, to send them again."""
         self.sent_mark = None
+        self.sent_from = _EVERY
         for age, *delta in outbox.deltas:
             sent = self.sent.get(head - age)
             if sent is not None:

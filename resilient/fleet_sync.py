@@ -55,7 +55,7 @@ def outbox(link: FleetLink, circuit: Circuit, now: float) -> Outbox | None:
         jitter=circuit.jitter(),
     )
     if timed is not None:
-        link.mark_sent(timed)
+        link.mark_sent(timed, since_last=True)
         link.sent_head = timed.head
     link.probe_calls += votes[0]
     link.probe_failures += votes[1]

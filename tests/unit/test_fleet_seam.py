@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilient import BreakerConfig, CircuitBreaker, CircuitOpenError, State
 from resilient.fleet import FleetView
@@ -263,3 +269,49 @@ def test_local_open_stands_when_fleet_says_closed() -> None:
         br.acquire().failure()
     br.sync_in(view("closed", generation=5, calls=1000, failures=10))
     assert br.state is State.OPEN  # our own fault, not hidden by a healthy fleet
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("call"), st.sampled_from(["success", "failure"])),
+            st.tuples(st.just("wait"), st.sampled_from([0.3, 1.0, 2.5, 9.7, 30.0])),
+            st.tuples(st.just("sync"), st.booleans()),  # True: the sync fails
+        ),
+        max_size=60,
+    )
+)
+def test_every_count_reaches_the_fleet_once_in_its_bucket(steps: list[tuple[str, Any]]) -> None:
+    # Only the buckets from the last sync's head on are read again; a failed
+    # sync makes the next one read every live bucket. Whatever the order of
+    # calls, waits and (failed) syncs, what the fleet is sent per bucket is
+    # what was counted there.
+    clock = Clock()
+    br, _ = linked(clock, minimum_calls=10**6)  # never trips: every call is counted
+    width = 1.0
+    counted: Counter[tuple[int, int]] = Counter()  # (bucket number, outcome) -> calls
+    delivered: Counter[tuple[int, int]] = Counter()
+    for kind, what in [*steps, ("sync", False)]:
+        if kind == "call":
+            permit = br.acquire()
+            permit.success() if what == "success" else permit.failure()
+            counted[math.floor(clock.now / width), 0 if what == "success" else 2] += 1
+        elif kind == "wait":
+            clock.now += what
+        else:
+            box = br.sync_out()
+            if box is None:
+                continue
+            if what:
+                br.sync_failed(box)
+                continue
+            head = math.floor(clock.now / width)
+            for age, *counts in box.deltas:
+                assert all(c >= 0 for c in counts)
+                for outcome, n in enumerate(counts):
+                    delivered[head - age, outcome] += n
+            br.sync_in(view())
+    head = math.floor(clock.now / width)
+    live = {key: n for key, n in counted.items() if key[0] > head - 10}
+    assert {key: n for key, n in delivered.items() if key[0] > head - 10 and n} == live
