@@ -46,6 +46,7 @@ __all__ = [
     "READ",
     "READ_SHA",
     "STATES",
+    "FlushArgs",
     "Keys",
     "flush_args",
     "keys_for",
@@ -384,55 +385,97 @@ def ttl_ms(config: BreakerConfig, window_width: float, buckets: int) -> int:
     return math.ceil((2.0 * span + TTL_MARGIN) * 1000.0)
 
 
+class FlushArgs:
+    """FLUSH's ARGV for one breaker, as the bytes Redis receives.
+
+    The part its config, window shape and channel fix (twelve of the values) is
+    encoded once and kept while those stay the same objects and numbers; the
+    rest is encoded at each call. ``__call__`` is ``flush_args`` for it. The
+    bytes are what redis-py would send for the same values (``repr`` of a
+    float, decimal integers); only the trip reason is left a string, for the
+    client to encode as it is configured.
+    """
+
+    __slots__ = ("_config", "_fixed", "_shape", "channel")
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self._config: BreakerConfig | None = None
+        self._shape: tuple[float, int] = (math.nan, 0)
+        self._fixed: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
+
+    def __call__(
+        self, outbox: Outbox, now: float | None = None, latency: Mapping[int, int] | None = None
+    ) -> list[bytes | str]:
+        cfg = outbox.config
+        if outbox.manual is not None and outbox.manual not in MANUAL:
+            raise ValueError(
+                f"outbox.manual must be one of {sorted(MANUAL)}, got {outbox.manual!r}"
+            )
+        width = float(outbox.window_width)
+        if not math.isfinite(width) or width < 0.0:
+            raise ValueError(f"outbox.window_width must be >= 0, got {outbox.window_width!r}")
+        buckets = int(outbox.buckets)
+        if cfg is not self._config or (width, buckets) != self._shape:
+            self._fixed = _fixed_args(cfg, width, buckets, self.channel)
+            self._config, self._shape = cfg, (width, buckets)
+        shape, config, keep = self._fixed
+        args: list[bytes | str] = [
+            b"" if now is None else repr(float(now)).encode(),
+            *shape,
+            b"%d" % _count("probe_calls", outbox.probe_calls),
+            b"%d" % _count("probe_failures", outbox.probe_failures),
+            b"%d" % _count("probe_slow", outbox.probe_slow),
+            b"%d" % int(outbox.probe_generation),
+            b"%d" % _count("tokens_wanted", outbox.tokens_wanted),
+            (outbox.manual or "").encode(),
+            (outbox.trip or "")[:REASON_MAX],
+            *config,
+            repr(float(outbox.jitter)).encode(),
+            *keep,
+            encode_latency(latency or {}).encode(),
+        ]
+        for age, *counts in outbox.deltas:
+            args.append(b"%d" % _count("delta age", age))
+            args.extend(b"%d" % _count("delta count", c) for c in counts)
+        return args
+
+
+def _fixed_args(
+    cfg: BreakerConfig, width: float, buckets: int, channel: str
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """FLUSH's ARGV fixed by a breaker's config, window and channel, encoded:
+    ARGV[2..3], ARGV[11..17] and ARGV[19..21] (around the jitter, ARGV[18])."""
+    shape = [repr(width).encode(), b"%d" % buckets]
+    config = [
+        repr(float(cfg.failure_rate_threshold)).encode(),
+        repr(float(cfg.slow_call_rate_threshold)).encode(),
+        b"%d" % cfg.count_window_minimum,
+        b"%d" % cfg.half_open_calls,
+        repr(float(cfg.open_duration)).encode(),
+        repr(float(cfg.open_backoff)).encode(),
+        repr(float(cfg.open_duration_max)).encode(),
+    ]
+    keep = [b"%d" % ttl_ms(cfg, width, buckets), repr(probe_lease(cfg)).encode(), channel.encode()]
+    return shape, config, keep
+
+
 def flush_args(
     outbox: Outbox,
     channel: str,
     now: float | None = None,
     latency: Mapping[int, int] | None = None,
-) -> list[str | int | float]:
+) -> list[bytes | str]:
     """The ARGV of one FLUSH call for ``outbox`` (``now``: tests only; None = Redis TIME).
 
     ``latency``: sketch bucket -> count of the calls since the last send
-    (``resilient.sketch``), added to the latency hash (the third key).
+    (``resilient.sketch``), added to the latency hash (the third key). A store
+    keeps a ``FlushArgs`` per breaker instead, to encode its config once.
 
     Raises:
         ValueError: an outbox value the script cannot take (named).
     """
-    cfg = outbox.config
-    if outbox.manual is not None and outbox.manual not in MANUAL:
-        raise ValueError(f"outbox.manual must be one of {sorted(MANUAL)}, got {outbox.manual!r}")
-    width = float(outbox.window_width)
-    if not math.isfinite(width) or width < 0.0:
-        raise ValueError(f"outbox.window_width must be >= 0, got {outbox.window_width!r}")
-    args: list[str | int | float] = [
-        "" if now is None else repr(float(now)),
-        repr(width),
-        int(outbox.buckets),
-        _count("probe_calls", outbox.probe_calls),
-        _count("probe_failures", outbox.probe_failures),
-        _count("probe_slow", outbox.probe_slow),
-        int(outbox.probe_generation),
-        _count("tokens_wanted", outbox.tokens_wanted),
-        outbox.manual or "",
-        (outbox.trip or "")[:REASON_MAX],
-        repr(float(cfg.failure_rate_threshold)),
-        repr(float(cfg.slow_call_rate_threshold)),
-        cfg.count_window_minimum,
-        cfg.half_open_calls,
-        repr(float(cfg.open_duration)),
-        repr(float(cfg.open_backoff)),
-        repr(float(cfg.open_duration_max)),
-        repr(float(outbox.jitter)),
-        ttl_ms(cfg, width, outbox.buckets),
-        repr(probe_lease(cfg)),
-        channel,
-        encode_latency(latency or {}),
-    ]
-    for delta in outbox.deltas:
-        age, *counts = delta
-        args.append(_count("delta age", age))
-        args.extend(_count("delta count", c) for c in counts)
-    return args
+    return FlushArgs(channel)(outbox, now, latency)
 
 
 def encode_latency(counts: Mapping[int, int]) -> str:

@@ -167,6 +167,7 @@ class RedisStore:
         # Shared with other threads (attach, wake): a dict and a set, changed atomically.
         self._breakers: dict[str, CircuitBreaker] = {}
         self._keys: dict[str, _lua.Keys] = {}
+        self._args: dict[str, _lua.FlushArgs] = {}  # per breaker: its FLUSH ARGV, config encoded
         self._refresh: set[str] = set()  # names to READ at the next flush
         self._holds: set[str] = set()  # names whose operator's record to read (HOLD)
         # Loop-side state.
@@ -230,7 +231,8 @@ class RedisStore:
         """Share ``breaker``: link it, give it the fleet's state if known, sync it soon."""
         name = breaker.name
         namespace = self._namespace or breaker.namespace or self._ns
-        self._keys[name] = _lua.keys_for(namespace, name)
+        self._keys[name] = keys = _lua.keys_for(namespace, name)
+        self._args[name] = _lua.FlushArgs(keys.channel)
         breaker.link_store(_Link(self))
         breaker.record_durations()  # for the fleet's latency percentiles
         self._breakers[name] = breaker
@@ -390,7 +392,7 @@ class RedisStore:
         for _, box in boxes:
             keys = self._keys[box.name]
             try:
-                args = _lua.flush_args(box, keys.channel, latency=sending.get(box.name))
+                args = self._args[box.name](box, latency=sending.get(box.name))
             except ValueError as exc:  # a breaker bug: drop this outbox, say so once
                 self._log_once("outbox", "resilient: outbox of %r not sent: %s", box.name, exc)
                 continue
@@ -612,7 +614,7 @@ class RedisStore:
             old = known[0]
             if view.generation < old.generation and old.now - STALE_HORIZON < view.now <= old.now:
                 return
-        self._views[name] = (dataclasses.replace(view, tokens=0), at)
+        self._views[name] = (view, at)  # its tokens were this process's: _aged drops them
         self._hold(name, view, record)
         breaker = self._breakers.get(name)
         if breaker is not None:
@@ -779,8 +781,9 @@ def _tls_hint(exc: BaseException) -> str:
 
 
 def _aged(view: FleetView, at: float) -> FleetView:
-    """A remembered view with ``now`` moved on by the time since it was seen."""
-    return dataclasses.replace(view, now=view.now + (time.monotonic() - at))
+    """A remembered view with ``now`` moved on by the time since it was seen (and no
+    probe tokens: those were granted to the breaker that heard it)."""
+    return dataclasses.replace(view, now=view.now + (time.monotonic() - at), tokens=0)
 
 
 class _Closable(Protocol):

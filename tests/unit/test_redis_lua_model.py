@@ -315,7 +315,7 @@ def test_scripts_match_the_model(
             )
             args = _lua.flush_args(outbox, keys.channel, now=now)
             got = _text(client.evalsha(_lua.FLUSH_SHA, 2, keys.state, keys.window, *args))
-            want = model.flush(keys.state, keys.window, [str(a) for a in args])
+            want = model.flush(keys.state, keys.window, [str(_text(a)) for a in args])
             assert got == want
             event(f"reached {want[0]}")
             if want[8]:
@@ -440,15 +440,43 @@ def test_bad_outboxes_are_named(kw: dict[str, object], message: str) -> None:
 
 def test_arguments_carry_the_config_and_a_bounded_reason() -> None:
     args = _lua.flush_args(_outbox(trip="x" * 1000, deltas=((1, 2, 3, 4, 5),)), "chan")
-    assert args[0] == ""  # Redis TIME
-    assert args[9] == "x" * _lua.REASON_MAX
-    assert args[20] == "chan"
-    assert args[21] == ""  # no latency counts
-    assert args[22:] == [1, 2, 3, 4, 5]
+    assert args[0] == b""  # Redis TIME
+    assert args[9] == "x" * _lua.REASON_MAX  # a string: the client encodes it as configured
+    assert args[20] == b"chan"
+    assert args[21] == b""  # no latency counts
+    assert args[22:] == [b"1", b"2", b"3", b"4", b"5"]
     with_latency = _lua.flush_args(_outbox(), "chan", latency={-460: 3, 12: 0, 40: 1})
-    assert with_latency[21] == "-460:3,40:1"
+    assert with_latency[21] == b"-460:3,40:1"
     # keys outlive twice the longest span: here open_duration_max (60 s)
-    assert args[18] == (2 * 60 + _lua.TTL_MARGIN) * 1000
+    assert args[18] == b"%d" % ((2 * 60 + _lua.TTL_MARGIN) * 1000)
+
+
+def test_arguments_are_the_bytes_redis_py_sends_for_the_values() -> None:
+    # What the client would have sent for plain values: repr of a float, decimal integers.
+    cfg = BreakerConfig(failure_rate_threshold=0.3, open_duration=2.5, half_open_calls=3)
+    box = _outbox(config=cfg, manual="forced_open", jitter=-0.0125, probe_generation=7)
+    values = [
+        "", 1.0, 10, 0, 0, 0, 7, 0, "forced_open", "", 0.3, 1.0, cfg.count_window_minimum, 3,
+        2.5, cfg.open_backoff, cfg.open_duration_max, -0.0125,
+        _lua.ttl_ms(cfg, 1.0, 10), _lua.probe_lease(cfg), "chan", "",
+    ]  # fmt: skip
+    encoder = redis.Redis().get_encoder()
+    got = [encoder.encode(a) for a in _lua.flush_args(box, "chan", latency={})]
+    assert got == [encoder.encode(v) for v in values]
+
+
+def test_a_breakers_arguments_follow_its_config_and_window() -> None:
+    # The config part is encoded once per breaker, and again when the config
+    # (a new object) or the window's shape changes.
+    args = _lua.FlushArgs("chan")
+    first = _outbox(config=BreakerConfig(open_duration=1.0))
+    assert args(first) == _lua.flush_args(first, "chan")
+    moved = _outbox(config=BreakerConfig(open_duration=7.0), jitter=0.05, tokens_wanted=2)
+    assert args(moved) == _lua.flush_args(moved, "chan")
+    assert args(moved)[14] == b"7.0"
+    wider = _outbox(config=moved.config, window_width=2.0, buckets=30)
+    assert args(wider) == _lua.flush_args(wider, "chan")
+    assert args(wider)[1:3] == [b"2.0", b"30"]
 
 
 def test_probe_tokens_are_leased_past_the_slow_limit() -> None:
