@@ -361,6 +361,16 @@ async def test_operator_controls_reach_every_process_and_are_audited_on_a_cluste
     await until(lambda: {a.breaker(name).state, b.breaker(name).state} == {State.FORCED_OPEN})
     with pytest.raises(CircuitOpenError):
         b.breaker(name)(ok)()
+    # status names the operator, and counts both processes (presence on the namespace's slot)
+    status = ["status", name, *base, "--json"]
+
+    def row() -> dict[str, Any]:
+        assert cli_main(status) == 0
+        found: dict[str, Any] = json.loads(capsys.readouterr().out)["breakers"][0]
+        return found
+
+    await until(lambda: row()["processes"] == 2)
+    assert (row()["manual_by"], row()["manual_reason"]) == ("alice@ops", "INC-1")
     reset = ["breaker", "reset", name, *base, "--json", "--actor", "bob@ops"]
     assert await asyncio.to_thread(cli_main, reset) == 0
     change = json.loads(capsys.readouterr().out)
