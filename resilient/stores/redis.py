@@ -53,7 +53,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -762,9 +767,15 @@ async def _cluster_pipelines(client: RedisCluster, calls: list[_Call]) -> list[A
 
     async def run(indices: list[int]) -> list[Any]:
         pipe = client.pipeline()
-        for i in indices:
-            _, keys, sha, args = calls[i]
-            _evalsha(pipe, sha, keys, args)
+        try:
+            for i in indices:
+                _, keys, sha, args = calls[i]
+                _evalsha(pipe, sha, keys, args)
+        except RedisClusterException:  # redis-py before 8.x blocks EVALSHA there: one by one
+            return await asyncio.gather(
+                *(_evalsha(client, calls[i][2], calls[i][1], calls[i][3]) for i in indices),
+                return_exceptions=True,
+            )
         try:
             answered: list[Any] = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # this node's calls fail, as each alone would
