@@ -31,6 +31,7 @@ from resilient import fleet_sync
 from resilient._decorators import wrap_async, wrap_sync
 from resilient.circuit import Effects
 from resilient.config import BreakerConfig
+from resilient.errors import CircuitOpenError
 from resilient.events import ConfigChanged, Listener, deliver
 from resilient.fleet import FleetLink, FleetView, Outbox, StoreLink
 from resilient.guard import NAME_PATTERN, CallObserver, Guard, Permit
@@ -256,6 +257,21 @@ class CircuitBreaker(Guard):
         """
         now = self._clock()
         return Permit(self, self._begin(now, None), now)
+
+    def try_acquire(self) -> Permit | None:
+        """``acquire()`` for work that is dropped when refused: ``None``, not CircuitOpenError.
+
+        An OPEN or FORCED_OPEN breaker refuses without building an exception
+        (a shadow drops most of its mirrors so while its candidate is down);
+        listeners hear the rejection as from ``acquire()``.
+        """
+        now = self._clock()
+        if self._shut(now):
+            return None
+        try:
+            return Permit(self, self._begin(now, None), now)
+        except CircuitOpenError:  # refused deciding (HALF_OPEN's probes taken, a throttle)
+            return None
 
     def __enter__(self) -> CircuitBreaker:
         self._entered.set((*self._entered.get(), self.acquire()))

@@ -183,6 +183,23 @@ class Guard:
 
     # ------------------------------------------------------------------ the slow path
 
+    def _shut(self, now: float) -> bool:
+        """Is a call at ``now`` refused with nothing to decide (FORCED_OPEN, OPEN with time left)?
+
+        ``_admit``'s first refusal without its exception, for callers that
+        drop a refused call rather than fail it (``try_acquire``). Listeners
+        still hear the rejection.
+        """
+        c = self._circuit
+        if now < c.fast_until:
+            return False
+        state = c.state
+        if state is State.FORCED_OPEN or (state is State.OPEN and now < c.open_until):
+            if self._listeners:
+                self._rejection(now)  # delivers CallRejected; the exception is not raised
+            return True
+        return False
+
     def _admit(self, now: float) -> int:
         c = self._circuit
         state = c.state

@@ -27,6 +27,7 @@ bytes on the wire whichever server decoded them.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,10 +53,16 @@ __all__ = [
 _OWS: Final = " \t"
 
 
+#: The digest's first 8 bytes as a big-endian integer (``int.from_bytes(d[:8], "big")``
+#: without the slice and the keyword parsing: a shadow buckets every call's trace id).
+_FIRST_8: Final = struct.Struct(">Q").unpack_from
+
+
 def bucket(value: str) -> int:
     """The percentage bucket (0-9999) of a header or cookie value."""
     digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:8], "big") % 10000
+    first: int = _FIRST_8(digest)[0]
+    return first % 10000
 
 
 def _single(found: Found, header: str) -> str | None:

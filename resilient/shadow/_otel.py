@@ -18,10 +18,10 @@ import threading
 import weakref
 from typing import Final
 
-from opentelemetry import trace
 from opentelemetry.metrics import Counter, Meter, MeterProvider
 from opentelemetry.trace import Span
 
+from resilient.gray._otel import current_span
 from resilient.telemetry import _recording_meter
 
 __all__ = ["CALLS", "EVENT", "caller_span", "report"]
@@ -49,8 +49,8 @@ def _the_counter(provider: MeterProvider | None) -> Counter | None:
 
 def caller_span() -> Span | None:
     """The caller's span, if it records (captured when a mirror starts)."""
-    span = trace.get_current_span()
-    return span if span.is_recording() else None
+    span = current_span()
+    return span if span is not None and span.is_recording() else None
 
 
 def report(

@@ -53,7 +53,7 @@ from resilient.breaker import CircuitBreaker
 from resilient.bulkhead import Bulkhead
 from resilient.config import BreakerConfig
 from resilient.deadline import _scope
-from resilient.errors import CircuitOpenError, ConfigError
+from resilient.errors import ConfigError
 from resilient.guard import Permit
 from resilient.shadow._compare import Compare, Judge
 from resilient.shadow._mirror import CANCELLED, CANDIDATE, PRIMARY, SECONDARY, Mirror, Outcome
@@ -61,7 +61,7 @@ from resilient.shadow._otel import caller_span, report
 from resilient.shadow._paths import Patterns
 from resilient.shadow._reporter import Reporter, reporter
 from resilient.shadow._sinks import Sink, default_sink
-from resilient.shadow._trace import SCALE, current_gray, current_trace_id, drawn
+from resilient.shadow._trace import SCALE, current_gray, draw
 from resilient.shadow._workers import Workers
 
 __all__ = ["Shadow"]
@@ -249,15 +249,14 @@ class Shadow:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], is_async: bool
     ) -> Mirror | None:
         """Draw and admit a mirror and start its background calls; None: run unshadowed."""
-        trace_id = current_trace_id()
-        if not drawn(trace_id, self._threshold, self._rng):
+        mirrored, trace_id = draw(self._threshold, self._rng)
+        if not mirrored:
             return None
         gray = current_gray()
         permit = None
         if self.breaker is not None:
-            try:
-                permit = self.breaker.acquire()
-            except CircuitOpenError:
+            permit = self.breaker.try_acquire()  # refused: no exception built
+            if permit is None:
                 self._drop(trace_id, gray, "breaker")
                 return None
         if not self.bulkhead.try_enter():  # never its queue: a mirror that must wait is dropped

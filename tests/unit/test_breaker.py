@@ -823,3 +823,30 @@ def test_observers_and_durations_share_one_test_and_both_are_served() -> None:
     br.observe_calls(observer)
     run(br, ok)
     assert br.take_durations() == [0.0, 0.0] and seen == [("success", 0.0)]
+
+
+# --------------------------------------------------------------------------- try_acquire
+
+
+def test_try_acquire_refuses_with_none_where_acquire_raises() -> None:
+    clock = Clock()
+    br = make(clock, half_open_calls=1)
+    heard: list[object] = []
+    br.add_listener(heard.append)
+    permit = br.try_acquire()
+    assert permit is not None  # CLOSED: a permit, as acquire() gives
+    permit.success()
+    trip(br, 3)  # with the success: 4 calls, 75% failures
+    heard.clear()
+    assert br.try_acquire() is None  # OPEN with time left: no exception
+    assert [type(e) for e in heard] == [CallRejected]  # heard as from acquire()
+    clock.advance(5.0)
+    probe = br.try_acquire()  # the open time is up: the one probe
+    assert probe is not None and br.state is State.HALF_OPEN
+    assert br.try_acquire() is None  # the probe is taken: refused after deciding
+    probe.success()
+    assert br.state is State.CLOSED
+    br.force_open()
+    before = br.snapshot().calls
+    assert br.try_acquire() is None
+    assert br.snapshot().calls == before  # a refusal is not a call

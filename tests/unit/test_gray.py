@@ -531,3 +531,28 @@ def test_rules_that_read_other_members_see_them_all(rules: list[Rule]) -> None:
     found = found_with_trace("foo=1,lane=blue,gray= no,lane=red")
     inbound = Recognizer(rules).inspect(found)
     assert inbound is not None and inbound.tag == GrayTag("blue", "tracestate")
+
+
+def test_current_span_is_what_the_api_says() -> None:
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    from resilient.gray._otel import current_span, span_context
+
+    assert current_span() is None and span_context() is None  # nothing attached
+    valid = NonRecordingSpan(SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1)))
+    cases: list[object] = [valid, NonRecordingSpan(trace.INVALID_SPAN_CONTEXT), "not a span"]
+    for found in cases:
+        token = otel_context.attach(otel_context.set_value(_SPAN_KEY, found))
+        try:
+            api = trace.get_current_span()
+            assert current_span() is (None if api is trace.INVALID_SPAN else api)
+            expected = api.get_span_context()
+            assert span_context() == (expected if expected.is_valid else None)
+        finally:
+            otel_context.detach(token)
+    token = otel_context.attach(otel_context.set_value("other", 1))  # a context, no span
+    try:
+        assert current_span() is None
+    finally:
+        otel_context.detach(token)

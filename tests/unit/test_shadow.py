@@ -83,6 +83,18 @@ async def test_calls_are_mirrored_by_the_hash_of_their_trace_id(sink: JsonlSink)
     assert [int(r["trace_id"], 16) for r in read_records(sink)] == expected * 2
 
 
+def test_the_inlined_draw_is_the_percentage_rule_of_the_hex_trace_id() -> None:
+    from resilient.shadow._trace import current_trace_id, draw
+
+    assert draw(10_000, lambda: 0.0) == (True, None)  # no trace: random
+    assert draw(0, lambda: 0.0) == (False, None)
+    for trace_id in (1, 0xFF, 2**64 + 7, 2**127, 2**128 - 1, *range(1000, 1200)):
+        with traced(trace_id) as hex_id:
+            assert current_trace_id() == hex_id
+            for threshold in (0, 1, 1000, 5000, 9999, 10_000):
+                assert draw(threshold, never) == (bucket(hex_id) < threshold, hex_id)
+
+
 async def test_without_a_trace_the_draw_is_random(sink: JsonlSink) -> None:
     mirrored: list[int] = []
 
