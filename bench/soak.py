@@ -1,6 +1,7 @@
 """A soak: processes x breakers sharing one Redis and one etcd, faults injected on a schedule.
 
     python -m bench.soak [--processes 8] [--breakers 200] [--rate 5000] [--seconds 180]
+                         [--engines single|cluster] [--malloc-trim]
 
 Real servers on loopback (``resilient.testing.servers``: a redis-server without
 persistence, a single-member etcd), ``--processes`` worker processes, each a
@@ -33,6 +34,12 @@ stop) and judges, per DESIGN.md (issue 20):
 - every config revision pushed while etcd was up applied in every process,
   the last one included;
 - fleet trips seen in every process: p99 <= 50 ms.
+
+Beside the judgement it prints the trips' p50 and the workers' CPU: cores
+each after warm-up, and CPU per Redis command over the commands' stretch
+(what ``bench.flush_cost`` splits by part). ``--malloc-trim``: every worker
+calls glibc's ``malloc_trim(0)`` before each RSS reading, so that memory the
+allocator holds free is not counted as growth.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -76,6 +84,14 @@ PUSH_EVERY = 5.0
 WARM_UP = 0.2  # share of the run before RSS and commands are judged
 #: Seconds after a fault is undone before the fleet counts as healthy again.
 SETTLE = 3.0
+
+
+def malloc_trim() -> None:
+    """glibc's ``malloc_trim(0)``: return free heap pages to the system (a no-op elsewhere)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def rss_bytes() -> int:
@@ -166,9 +182,13 @@ async def _work(
                 except CircuitOpenError:
                     return
 
+        trim = malloc_trim if opts.get("malloc_trim") else None
+
         async def report() -> None:
             while not stop.is_set():
-                out.put(("stats", index, time.time(), done, rss_bytes()))
+                if trim is not None:
+                    trim()  # hand freed heap back first: what stays is in use
+                out.put(("stats", index, time.time(), done, rss_bytes(), time.process_time()))
                 await asyncio.sleep(1.0)
 
         tasks = [asyncio.create_task(traffic()), asyncio.create_task(report())]
@@ -191,7 +211,7 @@ async def _work(
 class Seen:
     """What the orchestrator gathered from the workers."""
 
-    stats: dict[int, list[tuple[float, int, int]]] = field(
+    stats: dict[int, list[tuple[float, int, int, float]]] = field(
         default_factory=lambda: defaultdict(list)
     )
     opened: dict[str, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
@@ -211,8 +231,8 @@ def gather(out: Any, seen: Seen, until: float) -> None:
             continue
         kind, index, *rest = message
         if kind == "stats":
-            at, done, rss = rest
-            seen.stats[index].append((at, done, rss))
+            at, done, rss, cpu = rest
+            seen.stats[index].append((at, done, rss, cpu))
         elif kind == "open":
             name, at = rest
             seen.opened[name].setdefault(index, at)
@@ -370,7 +390,11 @@ def run(args: argparse.Namespace) -> bool:
     commands = 0.0
     command_span = 0.0
     with Clusters() if args.engines == "cluster" else Servers() as servers:
-        opts = {"breakers": args.breakers, "rate": args.rate / args.processes}
+        opts = {
+            "breakers": args.breakers,
+            "rate": args.rate / args.processes,
+            "malloc_trim": args.malloc_trim,
+        }
         inboxes = [ctx.Queue() for _ in range(args.processes)]
         procs = [
             ctx.Process(
@@ -442,7 +466,7 @@ def run(args: argparse.Namespace) -> bool:
                 p.join(timeout=10)
                 if p.is_alive():
                     p.kill()
-    return judge(args, seen, pushed, down, commands, command_span)
+    return judge(args, seen, pushed, down, commands, (stats_from, stats_from + command_span))
 
 
 def gather_final(out: Any, seen: Seen, processes: int) -> None:
@@ -462,12 +486,30 @@ def push(servers: Servers, threshold: int) -> int | None:
     return int(json.loads(got)["header"]["revision"])
 
 
-def rss_mean(rows: list[tuple[float, int, int]], lo: float, hi: float) -> float:
+def rss_mean(rows: list[tuple[float, int, int, float]], lo: float, hi: float) -> float:
     """Mean RSS of a process's reports between shares ``lo`` and ``hi`` of its run."""
-    start = min(at for at, _, _ in rows)
-    length = max(at for at, _, _ in rows) - start
-    picked = [rss for at, _, rss in rows if start + lo * length <= at <= start + hi * length]
+    start = min(row[0] for row in rows)
+    length = max(row[0] for row in rows) - start
+    picked = [rss for at, _, rss, _ in rows if start + lo * length <= at <= start + hi * length]
     return statistics.fmean(picked) if picked else math.nan
+
+
+def cpu_at(rows: list[tuple[float, int, int, float]], when: float) -> float:
+    """A process's CPU seconds at wall time ``when``, between its two reports around it."""
+    for (t0, _, _, c0), (t1, _, _, c1) in itertools.pairwise(rows):
+        if t0 <= when <= t1:
+            return c0 + (c1 - c0) * (when - t0) / (t1 - t0) if t1 > t0 else c0
+    return math.nan
+
+
+def cpu_share(rows: list[tuple[float, int, int, float]]) -> float:
+    """A process's CPU (user + system) per second of wall time, from warm-up to its end."""
+    start = min(row[0] for row in rows)
+    length = max(row[0] for row in rows) - start
+    picked = [(at, cpu) for at, _, _, cpu in rows if at >= start + WARM_UP * length]
+    if len(picked) < 2 or picked[-1][0] <= picked[0][0]:
+        return math.nan
+    return (picked[-1][1] - picked[0][1]) / (picked[-1][0] - picked[0][0])
 
 
 def judge(
@@ -476,8 +518,9 @@ def judge(
     pushed: list[tuple[int, float]],
     down: list[tuple[float, float]],
     commands: float,
-    span: float,
+    stretch: tuple[float, float],
 ) -> bool:
+    span = stretch[1] - stretch[0]
     checks: list[tuple[str, bool]] = []
     missing = sorted(set(range(args.processes)) - set(seen.final))
     errors: Counter[str] = Counter()
@@ -538,6 +581,23 @@ def judge(
             f"{lag * 1e3:.1f} ms"
         )
     p99 = sorted(lags)[max(0, math.ceil(0.99 * len(lags)) - 1)] if lags else math.inf
+    if lags:
+        print(f"  fleet trips: p50 {statistics.median(lags) * 1e3:.1f} ms")
+    shares = [cpu_share(rows) for _, rows in sorted(seen.stats.items())]
+    if shares:
+        print(
+            f"  worker CPU after warm-up (cores): mean {statistics.fmean(shares):.3f}, "
+            f"{min(shares):.3f}-{max(shares):.3f}; machine: {os.getloadavg()[0]:.1f} load"
+        )
+    if span > 0 and commands > 0:
+        spent = sum(
+            cpu_at(rows, stretch[1]) - cpu_at(rows, stretch[0]) for rows in seen.stats.values()
+        )
+        print(
+            f"  worker CPU per Redis command, warm-up to the first fault: "
+            f"{spent / commands * 1e6:.0f} us ({spent / span:.3f} cores for "
+            f"{commands / span:.0f} commands/s)"
+        )
     checks.append(
         (f"fleet trips seen in every process: p99 {p99 * 1e3:.1f} ms (<= 50 ms)", p99 <= 0.05)
     )
@@ -563,6 +623,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["single", "cluster"],
         default="single",
         help="one Redis and one etcd, or a Redis Cluster and a 3-member etcd",
+    )
+    parser.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="each worker calls malloc_trim(0) before each RSS reading (tells memory held "
+        "by the allocator from memory in use)",
     )
     args = parser.parse_args(argv)
     print(
