@@ -22,6 +22,7 @@ ALL = [
     "hedging",
     "limit_step",
     "shadow_cost",
+    "shadow_instructions",
     "soak",
     "chaos",
 ]

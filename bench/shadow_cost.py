@@ -1,7 +1,8 @@
 """What shadowing costs the caller: ``Shadow`` at sample 0, and at 0.1 with a candidate that hangs.
 
-    python -m bench.shadow_cost [--calls 100000] [--repeats 9] [--rounds 10] [--seconds 2]
-                                [--rate 200] [--primary http|sleep] [--no-instructions]
+    python -m bench.shadow_cost [--calls 100000] [--repeats 9] [--rounds 40] [--seconds 1.5]
+                                [--rate 500] [--resamples 1000] [--primary http|sleep]
+                                [--no-instructions]
 
 Two targets (DESIGN.md, "shadowing at sample 0 / 0.1"), each against the
 unshadowed function in the same run:
@@ -36,17 +37,25 @@ unshadowed function in the same run:
    would, so the draw is the trace id's hash, and the calls the shadow drew
    are known: their P50 and P99, and their share of the slowest 1% of the
    shadowed calls, say whether the mirrored calls themselves make the tail.
-   Rounds alternate unshadowed and shadowed phases of ``--seconds``
-   (ABBA order) in the same event loop and the same aiohttp session; after
-   every phase comes an idle gap of 1.2 s in which the shadow is flushed
-   (the hung candidates are cut at their 1 s timeout and recorded), so an
-   unshadowed phase never runs beside a shadow's leftovers, and each phase
-   starts as rested as the other. Reported: P50, P99, P999 of every call
-   of each variant, pooled over the rounds, each round's P99 ratio and
-   their median, and the shadow's outcomes. Target: shadowed P99 <= 1.05x
-   the unshadowed P99, pooled.
 
-About 2 minutes with the defaults, of which the instruction counts take 45 s.
+   A round is three short phases of ``--seconds`` in the same event loop
+   and aiohttp session: shadowed, unshadowed, and unshadowed again (the
+   A/A control, which shows what this bench resolves on this machine in
+   the same run), their order rotating from round to round. After every
+   phase the shadow is flushed (hung candidates are cut at their 1 s
+   timeout and recorded: the shadowed phase's cost, never the next
+   phase's), then ``REST`` seconds pass. Each phase's process CPU time
+   (every thread, the flush included) per call is kept beside the
+   latencies. Reported: P50, P99, P999 and CPU per call of each variant,
+   pooled over the rounds, and the pooled ratios to the unshadowed variant
+   (P99, P50, CPU per call) with 95% intervals from a paired bootstrap
+   over rounds (``--resamples``). Target: shadowed P99 <= 1.05x the
+   unshadowed P99, pooled: **met** when the interval's top is at most
+   1.05, **not met** when its bottom is above, else **not resolved**.
+
+About 6 minutes with the defaults (part 2: 40 rounds of about 5.5 s), of which the
+instruction counts take 45 s; instructions per call at sample 0.1 are
+``bench.shadow_instructions``'s.
 """
 
 from __future__ import annotations
@@ -59,13 +68,13 @@ import os
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +91,8 @@ COLLECTED = re.compile(r"Collected : (\d+)")
 LATENCY = 0.001
 #: The share mirrored in part 2.
 SAMPLE = 0.1
-#: Seconds between two phases: the candidate's timeout (1 s) and a margin.
-GAP = 1.2
+#: Seconds of rest after every phase (once the shadow has flushed).
+REST = 0.25
 
 
 class NullSink:
@@ -227,11 +236,25 @@ async def phase(
     return latencies, drawn
 
 
+#: The phases of part 2: the shadow's, and two unshadowed (A, and A' the control).
+VARIANTS = ("unshadowed", "shadowed", "control")
+
+
+@dataclass
+class Rounds:
+    """Part 2's measurements, per round and per variant."""
+
+    latencies: list[dict[str, list[float]]] = field(default_factory=list)  # seconds from due
+    cpu: list[dict[str, float]] = field(default_factory=list)  # process CPU seconds per call
+    drawn: list[bool] = field(default_factory=list)  # of the shadowed calls, pooled, in order
+    counts: dict[str, int] = field(default_factory=dict)  # the shadow's outcomes
+
+
 async def hung_candidate(
     rounds: int, seconds: float, rate: float, primary_kind: str, records: Path
-) -> tuple[dict[str, list[float]], list[bool], list[dict[str, float]], dict[str, int]]:
-    """Alternating phases: every latency per variant, which shadowed calls were drawn,
-    each round's P99s, the shadow's outcomes."""
+) -> Rounds:
+    """Rounds of three phases (shadowed, unshadowed, and unshadowed again as the control),
+    in an order that rotates round by round, each followed by the same rest."""
     async with AsyncUpstreamProcess(seed=1) as upstream, aiohttp.ClientSession() as session:
         await upstream.apply({"latency": LATENCY})
         url = f"{upstream.url}/primary"
@@ -246,28 +269,83 @@ async def hung_candidate(
 
         primary = http_primary if primary_kind == "http" else sleep_primary
         shadow = Shadow("bench-hung", hang, sample=SAMPLE, sink=JsonlSink(records))
-        variants = {"unshadowed": primary, "shadowed": shadow(primary)}
-        pooled: dict[str, list[float]] = {name: [] for name in variants}
-        mirrored: list[bool] = []  # of the shadowed calls, in pooled["shadowed"]'s order
-        per_round: list[dict[str, float]] = []
+        shadowed = shadow(primary)
+
+        fns = {"unshadowed": primary, "shadowed": shadowed, "control": primary}
+        out = Rounds()
         await phase(primary, 1.0, rate, -1)  # warm the connections and the upstream
         for r in range(rounds):
-            order = list(variants) if r % 2 == 0 else list(reversed(variants))
-            this_round: dict[str, float] = {}
+            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
+            latencies: dict[str, list[float]] = {}
+            cpu: dict[str, float] = {}
             for name in order:
-                latencies, drawn = await phase(variants[name], seconds, rate, r)
-                pooled[name].extend(latencies)
+                cpu_start = time.process_time()
+                latencies[name], drawn = await phase(fns[name], seconds, rate, r)
                 if name == "shadowed":
-                    mirrored.extend(drawn)
-                this_round[name] = percentile(latencies, 0.99)
-                # The same idle gap after either variant: the hung candidates are cut at
-                # their timeout and recorded within it, and each phase starts rested.
-                gap_ends = time.monotonic() + GAP
+                    out.drawn.extend(drawn)
+                # Wait for the shadow's leftovers (hung candidates cut at their timeout,
+                # records written): they are the shadowed phase's cost, never the next's.
+                # Looked at every 50 ms (aflush polls every 2 ms: CPU the bench would add).
+                give_up = time.monotonic() + 10.0
+                while sum(shadow.counts.values()) < sum(out.drawn):
+                    if time.monotonic() > give_up:
+                        raise RuntimeError("the shadow did not record every mirror in 10 s")
+                    await asyncio.sleep(0.05)
                 if not await shadow.aflush(10.0):
                     raise RuntimeError("the shadow did not flush in 10 s")
-                await asyncio.sleep(max(0.0, gap_ends - time.monotonic()))
-            per_round.append(this_round)
-        return pooled, mirrored, per_round, dict(shadow.counts)
+                cpu[name] = (time.process_time() - cpu_start) / len(latencies[name])
+                await asyncio.sleep(REST)
+            out.latencies.append(latencies)
+            out.cpu.append(cpu)
+        out.counts = dict(shadow.counts)
+        return out
+
+
+Interval = tuple[float, float, float]  # (estimate, low, high)
+
+
+def pooled_ratios(
+    rounds: Rounds, picks: Sequence[int], top: str, bottom: str, qs: Sequence[float]
+) -> list[float]:
+    """``top``'s over ``bottom``'s pooled quantiles ``qs`` over the rounds ``picks``, then
+    their CPU per call."""
+    tops = sorted(t for i in picks for t in rounds.latencies[i][top])
+    bottoms = sorted(t for i in picks for t in rounds.latencies[i][bottom])
+    ratios = [percentile(tops, q) / percentile(bottoms, q) for q in qs]
+    cpu_top = sum(rounds.cpu[i][top] for i in picks)
+    return [*ratios, cpu_top / sum(rounds.cpu[i][bottom] for i in picks)]
+
+
+def bootstrap(
+    rounds: Rounds, top: str, bottom: str, qs: Sequence[float], resamples: int, seed: int = 17
+) -> list[Interval]:
+    """Pooled ratios with 95% intervals, for each of ``qs`` and then for CPU per call.
+
+    Paired by round: a resample draws whole rounds with replacement and
+    pools both variants of the rounds it drew, so what moved a whole round
+    (the machine's load that minute) moves both sides of the ratio alike.
+    """
+    n = len(rounds.latencies)
+    estimate = pooled_ratios(rounds, range(n), top, bottom, qs)
+    rng = random.Random(seed)
+    draws = [
+        pooled_ratios(rounds, rng.choices(range(n), k=n), top, bottom, qs) for _ in range(resamples)
+    ]
+    intervals = []
+    for k, value in enumerate(estimate):
+        ordered = sorted(d[k] for d in draws)
+        low = ordered[int(0.025 * resamples)]
+        high = ordered[min(resamples - 1, int(0.975 * resamples))]
+        intervals.append((value, low, high))
+    return intervals
+
+
+def verdict(low: float, high: float, target: float) -> str:
+    if high <= target:
+        return "met"
+    if low > target:
+        return "not met"
+    return "not resolved"
 
 
 # ---------------------------------------------------------------------- main
@@ -279,9 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--calls", type=int, default=100_000, help="calls per timing round")
     parser.add_argument("--repeats", type=int, default=9, help="timing rounds (best is kept)")
-    parser.add_argument("--rounds", type=int, default=10, help="rounds of the hung candidate")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per phase")
-    parser.add_argument("--rate", type=float, default=200.0, help="primary calls per second")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of the hung candidate")
+    parser.add_argument("--seconds", type=float, default=1.5, help="seconds per phase")
+    parser.add_argument("--rate", type=float, default=500.0, help="primary calls per second")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--primary", choices=["http", "sleep"], default="http")
     parser.add_argument("--no-instructions", action="store_true", help="skip the callgrind counts")
     parser.add_argument("--count-loop", choices=["bare", "sync", "async"], help=argparse.SUPPRESS)
@@ -315,42 +394,51 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(
         f"\n2. sample=0.1, the candidate hanging: {args.primary} primary at {args.rate:g}/s, "
-        f"{args.rounds} rounds of {args.seconds:g} s per variant, ABBA"
+        f"{args.rounds} rounds of three {args.seconds:g} s phases (shadowed, unshadowed, "
+        f"and unshadowed again: the A/A control), their order rotating"
     )
     with tempfile.TemporaryDirectory() as scratch:
         records = Path(scratch) / "shadow.jsonl"
-        pooled, mirrored, per_round, counts = asyncio.run(
+        rounds = asyncio.run(
             hung_candidate(args.rounds, args.seconds, args.rate, args.primary, records)
         )
         lines = [json.loads(line) for line in records.read_text().splitlines()]
         dropped = Counter(r["dropped"] for r in lines if r["dropped"] is not None)
-    for name, latencies in pooled.items():
-        p50, p99, p999 = (percentile(latencies, q) * 1e3 for q in (0.5, 0.99, 0.999))
+    pooled = {name: [t for r in rounds.latencies for t in r[name]] for name in VARIANTS}
+    for name in VARIANTS:
+        p50, p99, p999 = (percentile(pooled[name], q) * 1e3 for q in (0.5, 0.99, 0.999))
+        cpu = sum(r[name] for r in rounds.cpu) / len(rounds.cpu) * 1e6
         print(
             f"  {name:<10} P50 {p50:6.2f} ms  P99 {p99:6.2f} ms  P999 {p999:6.2f} ms  "
-            f"({len(latencies)} calls)"
+            f"CPU {cpu:6.1f} us/call  ({len(pooled[name])} calls)"
         )
     in_shadow = pooled["shadowed"]
     slowest = percentile(in_shadow, 0.99)
     for label, pick in (("drawn", True), ("not drawn", False)):
-        calls = [t for t, d in zip(in_shadow, mirrored, strict=True) if d is pick]
+        calls = [t for t, d in zip(in_shadow, rounds.drawn, strict=True) if d is pick]
         tail = sum(t >= slowest for t in calls)
         p50, p99 = (percentile(calls, q) * 1e3 for q in (0.5, 0.99))
         print(
             f"    shadowed, {label:<9}: {len(calls):5d} calls, P50 {p50:5.2f} ms, "
             f"P99 {p99:5.2f} ms; {tail} of the slowest 1%"
         )
-    ratios = [r["shadowed"] / r["unshadowed"] for r in per_round]
-    print(f"  P99 shadowed/unshadowed per round: {'  '.join(f'{x:.2f}' for x in ratios)}")
-    print(f"  median of the rounds' ratios: {statistics.median(ratios):.3f}")
     print(
-        f"  the shadow's outcomes: {counts}; dropped by {dict(dropped)}; "
+        f"  the shadow's outcomes: {rounds.counts}; dropped by {dict(dropped)}; "
         f"{len(lines)} records written"
     )
-    ratio = percentile(pooled["shadowed"], 0.99) / percentile(pooled["unshadowed"], 0.99)
-    ok = ratio <= 1.05
-    passed &= ok
-    print(f"  [{'PASS' if ok else 'FAIL'}] P99 {ratio:.3f}x the unshadowed P99 (<= 1.05x)")
+    print(f"  pooled ratios, 95% intervals from {args.resamples} paired resamples of the rounds:")
+    found: dict[str, list[Interval]] = {}
+    for top, label in (("shadowed", "shadowed"), ("control", "A/A control")):
+        found[top] = bootstrap(rounds, top, "unshadowed", (0.99, 0.5), args.resamples)
+        for name, (ratio, low, high) in zip(("P99", "P50", "CPU/call"), found[top], strict=True):
+            print(f"    {label:<11} / unshadowed  {name:<8} {ratio:.3f}x [{low:.3f}, {high:.3f}]")
+    ratio, low, high = found["shadowed"][0]
+    said = verdict(low, high, 1.05)
+    passed &= said == "met"
+    print(
+        f"  [{'PASS' if said == 'met' else 'FAIL'}] P99 {ratio:.3f}x [{low:.3f}, {high:.3f}] "
+        f"the unshadowed P99 (<= 1.05x): {said}"
+    )
     print(f"\nall targets met: {passed}")
     return 0
 
