@@ -84,10 +84,15 @@ def build_app(gray: bool, read: bool = False) -> Any:
 
 
 def serve(variant: str, port: int, read: bool) -> None:
+    run_uvicorn(build_app(variant == "gray", read), port)
+
+
+def run_uvicorn(app: Any, port: int) -> None:
+    """One uvicorn process on loopback, quiet, no websockets or lifespan."""
     import uvicorn
 
     uvicorn.run(
-        build_app(variant == "gray", read),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",

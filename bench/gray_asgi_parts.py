@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from bench.gray_asgi import GRAY_HEADERS, cpu_seconds, free_port, load_wrk
+from bench.gray_asgi import GRAY_HEADERS, cpu_seconds, free_port, load_wrk, run_uvicorn
 
 VARIANTS = ("plain", "gray", "no-deadline", "deadline", "no-timer", "noop")
 
@@ -93,20 +93,6 @@ def build_app(variant: str) -> Any:
     return Starlette(routes=[Route("/", hello)], middleware=middleware)
 
 
-def serve(variant: str, port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        build_app(variant),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        ws="none",
-        lifespan="off",
-    )
-
-
 def start(variant: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
@@ -150,7 +136,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port)
+        run_uvicorn(build_app(args.serve), args.port)
         return
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
