@@ -179,6 +179,10 @@ class RedisStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._wake = asyncio.Event()
+        # Breakers that asked to be synced at once (a fleet transition to write, a
+        # first read): a flush woken before the interval is up sends only theirs.
+        self._asked: set[str] = set()
+        self._asked_all = False  # someone asked for a whole flush soon
         self._views: dict[str, tuple[FleetView, float]] = {}  # last view and when (monotonic)
         # Operators' states seen: name -> (generation, record; None if set in code).
         self._manual: dict[str, tuple[int, _control.Manual | None]] = {}
@@ -238,14 +242,14 @@ class RedisStore:
         namespace = self._namespace or breaker.namespace or self._ns
         self._keys[name] = keys = _lua.keys_for(namespace, name)
         self._args[name] = _lua.FlushArgs(keys.channel)
-        breaker.link_store(_Link(self))
+        breaker.link_store(_Link(self, name))
         breaker.record_durations()  # for the fleet's latency percentiles
         self._breakers[name] = breaker
         known = self._views.get(name)
         if known is not None:
             breaker.sync_in(_aged(*known))
         self._refresh.add(name)
-        self._request_flush()
+        self._request_flush(name)
 
     async def close(self) -> None:
         """Flush a last time, stop listening and close the connections the store made."""
@@ -274,11 +278,19 @@ class RedisStore:
 
     # ------------------------------------------------------------------ waking
 
-    def _request_flush(self) -> None:
-        """Thread-safe: have the loop flush soon (a no-op before ``start``)."""
+    def _request_flush(self, name: str | None = None) -> None:
+        """Thread-safe: have the loop flush soon (a no-op before ``start``).
+
+        With ``name``, only that breaker's sync is due now (the others keep
+        their interval); without, the whole flush.
+        """
         loop = self._loop
         if loop is None or self._closing:
             return
+        if name is None:
+            self._asked_all = True
+        else:
+            self._asked.add(name)  # (set.add is atomic: callers may be on other threads)
         if threading.get_ident() == self._loop_thread:
             self._wake.set()
         else:
@@ -345,20 +357,30 @@ class RedisStore:
     # ------------------------------------------------------------------ flushing
 
     async def _run(self) -> None:
-        """Flush every ``sync_interval`` (or when woken); back off while Redis is away."""
+        """Flush every ``sync_interval``; when woken sooner, only the breakers that
+        asked (so the others still send at most once an interval); back off while
+        Redis is away."""
         backoff = self.sync_interval
+        due = time.monotonic()  # the next whole flush
         while True:
             if self._connected:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.sync_interval):
+                    async with asyncio.timeout(max(0.0, due - time.monotonic())):
                         await self._wake.wait()
             elif not self._closing:
                 await asyncio.sleep(backoff)  # wakes wait too: no storm of connects
             self._wake.clear()
             closing = self._closing
+            only: set[str] | None = None
+            if closing or self._asked_all or time.monotonic() >= due or not self._connected:
+                self._asked_all = False
+                self._asked.clear()
+            else:  # (each step one C call: other threads add names meanwhile)
+                only = set(self._asked)
+                self._asked.difference_update(only)
             try:
                 if self._connected or await self._connect():
-                    ok = await self._flush()
+                    ok = await self._flush(only)
                 else:
                     self._gather_latency()  # into sketches: bounded, as the durations are not
                     self._failed(self._collect())  # what could not be sent is kept, bounded
@@ -373,22 +395,30 @@ class RedisStore:
                 self._came_back()
             else:
                 backoff = AUTH_RETRY if self._refused else min(backoff * 2, RETRY_MAX)
+            if only is None:  # an interval from the end of the whole flush, as always
+                due = time.monotonic() + self.sync_interval
             if closing:
                 return
 
-    async def _flush(self) -> bool:
-        """One round trip: an EVALSHA per breaker with news, a READ per one to refresh."""
+    async def _flush(self, only: set[str] | None = None) -> bool:
+        """One round trip: an EVALSHA per breaker with news, a READ per one to refresh.
+
+        ``only``: the breakers that asked to be synced now (a woken flush);
+        the rest, presence included, wait for the whole flush of their interval.
+        """
         client = self._client
         assert client is not None
         self._gather_latency()
-        boxes = self._collect()
-        reads = [n for n in list(self._refresh) if n in self._breakers]
+        boxes = self._collect(only)
+        reads = [n for n in self._refresh if n in self._breakers and (only is None or n in only)]
         self._refresh.difference_update(reads)
         sent = {box.name for _, box in boxes}
         reads = [n for n in reads if n not in sent]
-        holds = [n for n in list(self._holds) if n not in sent]  # a FLUSH reply says anew
-        self._holds.clear()
-        presence = self._presence_call({box.name for _, box in boxes} | set(reads) | set(holds))
+        held = self._holds if only is None else self._holds & only
+        holds = [n for n in list(held) if n not in sent]  # a FLUSH reply says anew
+        self._holds.difference_update(held)
+        syncing = {box.name for _, box in boxes} | set(reads) | set(holds)
+        presence = self._presence_call(syncing) if only is None else []
         due = self._latency_due(sent)
         if not boxes and not reads and not holds and not presence and not due:
             return True
@@ -554,11 +584,15 @@ class RedisStore:
                 self._apply(name, view, now, record)
         return answered
 
-    def _collect(self) -> list[tuple[CircuitBreaker, Outbox]]:
-        """Every breaker's outbox (a degraded breaker sends one even when quiet,
-        to hear the fleet again)."""
+    def _collect(self, only: set[str] | None = None) -> list[tuple[CircuitBreaker, Outbox]]:
+        """Every breaker's outbox, or those of ``only`` (a degraded breaker sends one
+        even when quiet, to hear the fleet again)."""
         boxes = []
-        for breaker in list(self._breakers.values()):
+        if only is None:
+            breakers = list(self._breakers.values())
+        else:
+            breakers = [b for n in only if (b := self._breakers.get(n)) is not None]
+        for breaker in breakers:
             box = breaker.sync_out()
             if box is not None:
                 boxes.append((breaker, box))
@@ -739,13 +773,14 @@ class RedisStore:
 class _Link:
     """What a breaker holds of its store: a thread-safe "sync me soon"."""
 
-    __slots__ = ("_store",)
+    __slots__ = ("_name", "_store")
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, name: str) -> None:
         self._store = store
+        self._name = name
 
     def wake(self) -> None:
-        self._store._request_flush()
+        self._store._request_flush(self._name)
 
 
 async def _cluster_pipelines(client: RedisCluster, calls: list[_Call]) -> list[Any]:

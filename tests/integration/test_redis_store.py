@@ -190,6 +190,29 @@ async def test_a_local_fault_opens_one_hub_and_is_not_published(
     assert state_hash(redis_server_session, a.namespace, "dep")["state"] == "closed"
 
 
+async def test_a_woken_flush_sends_only_the_breaker_that_asked(
+    hubs: Callable[..., Any], redis_server_session: RedisServer
+) -> None:
+    """A fleet transition is written at once; the other breakers' news keeps its interval."""
+    hub = await hubs(sync_interval=3.0)
+    long_window = {**CONFIG, "window_size": 60, "buckets": 6}  # no count ages out here
+    quiet = hub.breaker("quiet", defaults=long_window)
+    trips = hub.breaker("trips")
+    ns = hub.namespace
+    for seen in (1, 2):  # the second is a whole flush, well after the start's own
+        run(quiet, ok)
+        await until(
+            lambda n=seen: window_calls(redis_server_session, ns, "quiet") == n,
+            bound=10.0,
+        )
+    # A whole flush has just run: the next is about 3 s away.
+    run(quiet, ok, 2)
+    assert run(trips, fail, 4) == ["failed"] * 4  # the combined window crosses: written now
+    await until(lambda: state_hash(redis_server_session, ns, "trips").get("state") == "open")
+    assert window_calls(redis_server_session, ns, "quiet") == 2  # not sent with it
+    await until(lambda: window_calls(redis_server_session, ns, "quiet") == 4, bound=10.0)
+
+
 async def test_commands_are_bounded_by_the_sync_interval(
     redis_server: RedisServer,
 ) -> None:
