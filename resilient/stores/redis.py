@@ -410,7 +410,8 @@ class RedisStore:
         assert client is not None
         self._gather_latency()
         boxes = self._collect(only)
-        reads = [n for n in self._refresh if n in self._breakers and (only is None or n in only)]
+        refresh = list(self._refresh)  # (one C call: register may run on another thread)
+        reads = [n for n in refresh if n in self._breakers and (only is None or n in only)]
         self._refresh.difference_update(reads)
         sent = {box.name for _, box in boxes}
         reads = [n for n in reads if n not in sent]
